@@ -1,0 +1,208 @@
+"""Turns the engine's Gramians into a `Report`: norms, pairwise matrices, layers, batch
+statistics, unused parameters, the Pareto result and a one-line verdict. Works on Gramians only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gradtool import gramian as gm
+from gradtool.engine import EngineResult
+from gradtool.errors import GradientError
+from gradtool.pareto import STATIONARY_TOL, pareto_solution
+from gradtool.report import (
+    BatchStats,
+    GradientStats,
+    LayerStats,
+    ParetoReport,
+    Report,
+)
+
+DEFAULT_DEPTH = 3
+
+
+@dataclass(frozen=True)
+class ParetoOptions:
+    """Which weighting and normalisation the Pareto section uses."""
+
+    method: str = "mgda"
+    normalize: str = "none"
+    tol: float = STATIONARY_TOL
+
+
+def build_report(
+    result: EngineResult,
+    *,
+    command: str,
+    depth: int | None = DEFAULT_DEPTH,
+    pareto: ParetoOptions | None = None,
+    meta: dict[str, object] | None = None,
+    allow_nonfinite: bool = False,
+) -> Report:
+    """Return the Report for `result`; raise `GradientError` on non-finite gradient entries."""
+    names = result.loss_names
+    m = len(names)
+    if not allow_nonfinite:
+        _check_finite(result)
+    g = result.gramian
+    n = gm.norms(g)
+    cos = gm.cosine(g)
+    reached = result.reached
+    unused = {
+        name: [p for b, p in enumerate(result.param_names) if not bool(reached[b, i])]
+        for i, name in enumerate(names)
+    }
+    unreached = [p for b, p in enumerate(result.param_names) if not bool(reached[b].any())]
+    gradients = {
+        name: GradientStats(
+            norm=float(n[i]),
+            max_abs=result.max_abs[i],
+            nonfinite=int(result.nonfinite[:, i].sum()),
+        )
+        for i, name in enumerate(names)
+    }
+    layers = []
+    for group in gm.group_by_module(result.param_names, depth):
+        g_layer = result.gramians[list(group.indices)].sum(dim=0)
+        n_layer = gm.norms(g_layer)
+        layers.append(
+            LayerStats(
+                name=group.name,
+                numel=sum(result.param_numels[b] for b in group.indices),
+                norms={name: float(n_layer[i]) for i, name in enumerate(names)},
+                cosine=gm.to_list(gm.cosine(g_layer)),
+                dot=gm.to_list(g_layer),
+                parameters=[result.param_names[b] for b in group.indices],
+            )
+        )
+    batch_stats = None
+    if result.batch_gramians is not None:
+        mean, std, frac = gm.batch_cosine_stats(result.batch_gramians)
+        batch_stats = BatchStats(gm.to_list(mean), gm.to_list(std), gm.to_list(frac))
+    pareto_report = None
+    if pareto is not None:
+        pareto_report = _pareto_report(g, result.loss_values, names, pareto)
+    report = Report(
+        command=command,
+        losses=list(names),
+        loss_values=dict(zip(names, result.loss_values, strict=True)),
+        num_batches=result.num_batches,
+        parameters={"count": len(result.param_names), "numel": sum(result.param_numels)},
+        gradients=gradients,
+        unused=unused,
+        unreached=unreached,
+        dot=gm.to_list(g),
+        cosine=gm.to_list(cos),
+        angle_deg=gm.to_list(gm.angle_deg(cos)),
+        magnitude_similarity=gm.to_list(gm.magnitude_similarity(g)),
+        layers=layers,
+        depth=depth,
+        batch_stats=batch_stats,
+        pareto=pareto_report,
+        meta={
+            "strategy": result.strategy,
+            "fallback_reason": result.fallback_reason,
+            **(meta or {}),
+        },
+    )
+    report.warnings = _warnings(report, m)
+    report.verdict = verdict(report)
+    return report
+
+
+def _pareto_report(
+    g: torch.Tensor, loss_values: Sequence[float], names: Sequence[str], options: ParetoOptions
+) -> ParetoReport:
+    if options.method != "mgda":
+        raise ValueError(f"unknown Pareto method {options.method!r}")
+    sol = pareto_solution(g, loss_values, names, normalize=options.normalize, tol=options.tol)
+    return ParetoReport(
+        method=options.method,
+        normalize=options.normalize,
+        weights=dict(zip(names, sol.weights.tolist(), strict=True)),
+        loss_weights=dict(zip(names, sol.loss_weights.tolist(), strict=True)),
+        min_norm=sol.min_norm,
+        directional_derivatives=dict(zip(names, sol.directional_derivatives.tolist(), strict=True)),
+        stationary=sol.stationary,
+        unique=sol.unique,
+        kkt_residual=sol.kkt_residual,
+        support=[names[i] for i in sol.support],
+    )
+
+
+def _check_finite(result: EngineResult) -> None:
+    bad = result.nonfinite.sum(dim=0)
+    if int(bad.sum()) == 0:
+        return
+    parts = []
+    for i, name in enumerate(result.loss_names):
+        if int(bad[i]) == 0:
+            continue
+        params = [p for b, p in enumerate(result.param_names) if int(result.nonfinite[b, i]) > 0]
+        shown = ", ".join(params[:4]) + (f" and {len(params) - 4} more" if len(params) > 4 else "")
+        parts.append(f"loss '{name}': {int(bad[i])} non-finite entries in {shown}")
+    raise GradientError(
+        "non-finite gradients (NaN or inf), so no statistic is meaningful; " + "; ".join(parts),
+        hint="look for log(0), division by zero or overflow in those losses; "
+        "torch.autograd.set_detect_anomaly(True) finds the operation",
+    )
+
+
+def _warnings(report: Report, m: int) -> list[str]:
+    out = []
+    if m == 1:
+        out.append("only one loss: pairwise statistics need two or more")
+    count = report.parameters["count"]
+    for name in report.losses:
+        if len(report.unused[name]) == count:
+            out.append(f"loss '{name}' reaches none of the selected parameters: its gradient is 0")
+        elif report.gradients[name].norm == 0.0:
+            out.append(f"loss '{name}' has a zero gradient on the selected parameters")
+    return out
+
+
+def verdict(report: Report) -> list[str]:
+    """Return short sentences: the worst conflicts, the norm imbalance, the Pareto outcome."""
+    names = report.losses
+    m = len(names)
+    lines: list[str] = []
+    pairs = [
+        (report.cosine[i][j], i, j)
+        for i in range(m)
+        for j in range(i + 1, m)
+        if report.cosine[i][j] is not None
+    ]
+    conflicts = sorted((c, i, j) for c, i, j in pairs if c is not None and c < 0)
+    for c, i, j in conflicts[:3]:
+        angle = report.angle_deg[i][j] or 0.0
+        lines.append(f"{names[i]} and {names[j]} conflict (cos {c:.2f}, {angle:.0f}°)")
+    if pairs and not conflicts:
+        c, i, j = min(pairs)
+        lines.append(f"no pair of losses conflicts (lowest cos {c:.2f}: {names[i]} and {names[j]})")
+    norms = {k: v.norm for k, v in report.gradients.items() if v.norm}
+    if len(norms) >= 2:
+        big = max(norms, key=lambda k: norms[k])
+        small = min(norms, key=lambda k: norms[k])
+        ratio = norms[big] / norms[small]
+        if ratio >= 2:
+            lines.append(f"{big}'s gradient is {ratio:.1f}x {small}'s")
+    p = report.pareto
+    if p is not None:
+        if p.stationary:
+            lines.append(
+                "Pareto-stationary: a convex combination of the gradients is ~0, so no direction "
+                "decreases every loss to first order"
+            )
+        else:
+            lines.append(
+                "the min-norm combination decreases every loss to first order "
+                f"(smallest rate {min(p.directional_derivatives.values()):.3g})"
+            )
+        if not p.unique:
+            lines.append("the min-norm weights are not unique (duplicated or dependent gradients)")
+    if not lines:
+        lines.append("nothing to compare")
+    return lines

@@ -1,0 +1,287 @@
+"""The `gradtool` command line: parses options into requests and hands them to the library.
+
+Only typer and gradtool's torch-free modules are imported at start-up, so `--help` and
+`--version` answer without importing torch. Expected failures (`GradtoolError`) become one
+`Error:` line and a `Hint:` on stderr with their exit code, here and nowhere else; set
+GRADTOOL_DEBUG=1 to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from gradtool._version import __version__
+from gradtool.errors import GradtoolError, UsageError, UserCodeError
+
+if TYPE_CHECKING:
+    from gradtool.api import InspectRequest
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="gradtool",
+    help="How the gradients of several losses of one PyTorch model relate: norms, conflicts, "
+    "unused parameters, and Pareto (MGDA) weights.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class StrategyChoice(str, Enum):
+    auto = "auto"
+    batched = "batched"
+    loop = "loop"
+    backward = "backward"
+
+
+class NormalizeChoice(str, Enum):
+    none = "none"
+    l2 = "l2"
+    loss = "loss"
+    loss_plus = "loss+"
+
+
+class MethodChoice(str, Enum):
+    mgda = "mgda"
+
+
+GradfileArg = Annotated[
+    Path,
+    typer.Argument(
+        help="The gradfile: a .py defining `model` and `losses` (it is run).", show_default=False
+    ),
+]
+ParamsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--params", help="Glob on dotted parameter names; repeatable (union).", show_default=False
+    ),
+]
+BatchesOpt = Annotated[
+    int | None, typer.Option("--batches", min=1, help="Take at most N batches.", show_default=False)
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed torch/random before the file runs.")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint", help="Load this state dict into the model first.", show_default=False
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
+EvalOpt = Annotated[
+    bool, typer.Option("--eval", help="Run the model in eval mode (default: train).")
+]
+DepthOpt = Annotated[
+    int, typer.Option("--depth", min=1, help="Group the layer table by module path to this depth.")
+]
+StrategyOpt = Annotated[
+    StrategyChoice, typer.Option("--strategy", help="Engine strategy (auto: batched, else loop).")
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print the JSON document (schema_version 1) and nothing else."),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Also write the JSON document to this file (atomically).",
+        show_default=False,
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show engine details.")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"gradtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """gradtool: compare the gradients of a model's losses."""
+
+
+def handle_errors(fn: F) -> F:
+    """Map `GradtoolError` to 'Error:' / 'Hint:' lines on stderr and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except GradtoolError as exc:
+            if os.environ.get("GRADTOOL_DEBUG"):
+                raise
+            err = _stderr_console()
+            if isinstance(exc, UserCodeError):
+                sys.stderr.write(exc.traceback)
+                if not exc.traceback.endswith("\n"):
+                    sys.stderr.write("\n")
+            err.print(f"[bold red]Error:[/] {_escape(exc.message)}")
+            if exc.hint:
+                err.print(f"[bold]Hint:[/] {_escape(exc.hint)}")
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.command()
+@handle_errors
+def inspect(
+    gradfile: GradfileArg,
+    params: ParamsOpt = None,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "cpu",
+    eval_mode: EvalOpt = False,
+    depth: DepthOpt = 3,
+    strategy: StrategyOpt = StrategyChoice.auto,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Per-loss gradient norms, pairwise cosines and conflicts, layers, unused parameters."""
+    request = _request(
+        "inspect", gradfile, params, batches, seed, checkpoint, device, eval_mode, depth, strategy
+    )
+    _execute(request, json_out, output, verbose)
+
+
+@app.command()
+@handle_errors
+def pareto(
+    gradfile: GradfileArg,
+    method: Annotated[
+        MethodChoice, typer.Option("--method", help="Weighting method.")
+    ] = MethodChoice.mgda,
+    normalize: Annotated[
+        NormalizeChoice,
+        typer.Option(
+            "--normalize", help="Normalise gradients first (MGDA-UB): by norm, loss, or both."
+        ),
+    ] = NormalizeChoice.none,
+    params: ParamsOpt = None,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "cpu",
+    eval_mode: EvalOpt = False,
+    depth: DepthOpt = 3,
+    strategy: StrategyOpt = StrategyChoice.auto,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Exact min-norm (MGDA) Pareto weights, each loss's decrease rate, Pareto-stationarity."""
+    from gradtool.analysis import ParetoOptions
+
+    request = _request(
+        "pareto", gradfile, params, batches, seed, checkpoint, device, eval_mode, depth, strategy
+    )
+    from dataclasses import replace
+
+    request = replace(request, pareto=ParetoOptions(method=method.value, normalize=normalize.value))
+    _execute(request, json_out, output, verbose)
+
+
+def _request(
+    command: str,
+    gradfile: Path,
+    params: list[str] | None,
+    batches: int | None,
+    seed: int,
+    checkpoint: Path | None,
+    device: str,
+    eval_mode: bool,
+    depth: int,
+    strategy: StrategyChoice,
+) -> InspectRequest:
+    from gradtool.api import InspectRequest
+    from gradtool.loader import LoadOptions
+
+    load = LoadOptions(
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        eval_mode=eval_mode,
+        params=tuple(params or ()),
+        max_batches=batches,
+    )
+    return InspectRequest(
+        gradfile=gradfile, command=command, load=load, depth=depth, strategy=strategy.value
+    )
+
+
+def _execute(request: InspectRequest, json_out: bool, output: Path | None, verbose: bool) -> None:
+    """Run `request`, then print tables or JSON and write `output`; nothing is written on error."""
+    if output is not None:
+        _check_output_path(output)
+    from gradtool.api import run_gradfile
+    from gradtool.render import make_console, render_report
+    from gradtool.report import write_atomic
+
+    report = run_gradfile(request)
+    err = _stderr_console()
+    for warning in report.warnings:
+        err.print(f"[bold yellow]Warning:[/] {_escape(warning)}")
+    if verbose and not json_out:
+        pass
+    text = report.to_json()
+    if json_out:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    else:
+        render_report(report, make_console(), verbose=verbose)
+    if output is not None:
+        try:
+            write_atomic(output, text + "\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+        if not json_out:
+            err.print(f"[dim]wrote {_escape(str(output))}[/]")
+
+
+def _check_output_path(output: Path) -> None:
+    parent = output.parent if str(output.parent) else Path(".")
+    if output.is_dir():
+        raise UsageError(
+            f"-o {output} is a directory", hint="give a file path, e.g. -o report.json"
+        )
+    if not parent.is_dir():
+        raise UsageError(f"-o {output}: the folder {parent} does not exist", hint="create it first")
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

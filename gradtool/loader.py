@@ -1,0 +1,315 @@
+"""Loads a user's gradfile by path and turns it into a `Problem`.
+
+A gradfile is a plain Python file defining `model` and `losses`, optionally `batches` and
+`parameters` (README § Gradfiles). Loading it *runs* it, like `python FILE` would.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import inspect
+import random
+import sys
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradtool.errors import GradfileError, UsageError, UserCodeError, user_frames_traceback
+from gradtool.problem import Problem
+
+GRADFILE_HINT = "a gradfile defines `model` and `losses(model)`; see README § Gradfiles"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to build the problem from a gradfile (the CLI's shared options)."""
+
+    seed: int | None = 0
+    device: str = "cpu"
+    checkpoint: Path | None = None
+    eval_mode: bool = False
+    params: tuple[str, ...] = ()
+    max_batches: int | None = None
+
+
+def import_gradfile(path: Path) -> types.ModuleType:
+    """Return the gradfile at `path` imported as a fresh module (its directory on sys.path)."""
+    path = Path(path)
+    if not path.exists():
+        raise GradfileError(f"gradfile {path} does not exist", hint=GRADFILE_HINT)
+    if not path.is_file():
+        raise GradfileError(f"gradfile {path} is not a file", hint=GRADFILE_HINT)
+    if path.suffix != ".py":
+        raise GradfileError(
+            f"gradfile {path} should be a Python file ending in .py", hint=GRADFILE_HINT
+        )
+    module_name = f"gradtool_gradfile_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise GradfileError(f"cannot import {path} as a Python module", hint=GRADFILE_HINT)
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        sys.modules.pop(module_name, None)
+        where = f"{exc.filename or path}, line {exc.lineno}"
+        text = (exc.text or "").rstrip()
+        detail = f"\n    {text}" if text else ""
+        raise GradfileError(
+            f"syntax error in {where}: {exc.msg}{detail}",
+            hint="fix the gradfile; `python -m py_compile FILE` shows the same error",
+        ) from None
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise UserCodeError(
+            f"running {path} raised {type(exc).__name__}: {exc}",
+            user_frames_traceback(exc, path),
+            hint=f"the traceback above is from {path}; gradtool runs the file to load it",
+        ) from exc
+    finally:
+        if added:
+            sys.path.remove(folder)
+    return module
+
+
+def load_problem(path: Path, options: LoadOptions | None = None) -> Problem:
+    """Return the `Problem` the gradfile at `path` defines, built as `options` say."""
+    options = options or LoadOptions()
+    path = Path(path)
+    device = _resolve_device(options.device)
+    if options.max_batches is not None and options.max_batches < 1:
+        raise UsageError(f"--batches should be at least 1; found {options.max_batches}")
+    if options.checkpoint is not None and not Path(options.checkpoint).is_file():
+        raise UsageError(f"checkpoint {options.checkpoint} does not exist")
+    if options.seed is not None:
+        _seed_everything(options.seed)
+    module = import_gradfile(path)
+    names = vars(module)
+    missing = [n for n in ("model", "losses") if n not in names]
+    if missing:
+        found = _public_names(module)
+        listed = ", ".join(found) if found else "nothing"
+        which = " and ".join(f"`{n}`" for n in missing)
+        raise GradfileError(f"could not find {which} in {path}. Found: {listed}", GRADFILE_HINT)
+
+    model = _resolve_model(names["model"], path)
+    if options.checkpoint is not None:
+        _load_checkpoint(model, Path(options.checkpoint))
+    model.to(device)
+    model.train(not options.eval_mode)
+
+    losses = names["losses"]
+    if not callable(losses):
+        raise GradfileError(
+            f"`losses` in {path} should be a function; found {type(losses).__name__}",
+            GRADFILE_HINT,
+        )
+    batches = _resolve_batches(names["batches"], path) if "batches" in names else None
+    _check_arity(losses, 2 if batches is not None else 1, path)
+
+    if "parameters" in names:
+        selected = _call_parameters(names["parameters"], model, path)
+    else:
+        selected = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not selected:
+        raise GradfileError(
+            f"no parameter to analyse in {path}: the model has no parameter that requires grad",
+            hint="check `parameters(model)` or un-freeze the parameters to analyse",
+        )
+    selected = select_parameters(selected, options.params)
+    return Problem(
+        model=model,
+        losses=losses,
+        parameters=selected,
+        batches=batches,
+        max_batches=options.max_batches,
+        device=device,
+        source=path,
+    )
+
+
+def select_parameters(
+    named: Sequence[tuple[str, nn.Parameter]], patterns: Sequence[str]
+) -> list[tuple[str, nn.Parameter]]:
+    """Return the parameters whose dotted name matches any glob in `patterns` (all if none)."""
+    if not patterns:
+        return list(named)
+    kept = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    if not kept:
+        shown = ", ".join(n for n, _ in named[:6]) + (", ..." if len(named) > 6 else "")
+        raise UsageError(
+            f"--params {' '.join(patterns)} matched none of the {len(named)} parameters",
+            hint=f"parameter names are dotted, e.g. {shown}; patterns are globs like 'trunk.*'",
+        )
+    return kept
+
+
+def _resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise UsageError(f"--device {name!r} is not a device: {exc}", "use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine", "use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available on this machine", "use --device cpu")
+    return device
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed(seed % 2**32)
+
+
+def _public_names(module: types.ModuleType) -> list[str]:
+    return [
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+    ][:12]
+
+
+def _resolve_model(obj: Any, path: Path) -> nn.Module:
+    if isinstance(obj, nn.Module):
+        return obj
+    if callable(obj):
+        try:
+            built = obj()
+        except Exception as exc:
+            raise UserCodeError(
+                f"model() raised {type(exc).__name__}: {exc}",
+                user_frames_traceback(exc, path),
+                hint="`model` may be a zero-argument callable returning an nn.Module",
+            ) from exc
+        if isinstance(built, nn.Module):
+            return built
+        raise GradfileError(
+            f"`model()` in {path} should return an nn.Module; found {type(built).__name__}",
+            GRADFILE_HINT,
+        )
+    raise GradfileError(
+        f"`model` in {path} should be an nn.Module or a function returning one; "
+        f"found {type(obj).__name__}",
+        GRADFILE_HINT,
+    )
+
+
+def _resolve_batches(obj: Any, path: Path) -> Iterable[Any]:
+    if callable(obj) and not isinstance(obj, (torch.Tensor, Iterable)):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise UserCodeError(
+                f"batches() raised {type(exc).__name__}: {exc}",
+                user_frames_traceback(exc, path),
+                hint="`batches` may be an iterable or a zero-argument callable returning one",
+            ) from exc
+    if isinstance(obj, (str, bytes, Mapping)) or not isinstance(obj, Iterable):
+        raise GradfileError(
+            f"`batches` in {path} should be an iterable of batches (a list, a DataLoader, a "
+            f"generator) or a function returning one; found {type(obj).__name__}",
+            GRADFILE_HINT,
+        )
+    return obj
+
+
+def _check_arity(fn: Any, nargs: int, path: Path) -> None:
+    try:
+        inspect.signature(fn).bind(*range(nargs))
+    except TypeError:
+        call = "losses(model, batch)" if nargs == 2 else "losses(model)"
+        why = "the gradfile defines `batches`" if nargs == 2 else "the gradfile has no `batches`"
+        raise GradfileError(
+            f"`losses` in {path} cannot be called as {call}, which {why} requires",
+            GRADFILE_HINT,
+        ) from None
+    except ValueError:
+        return  # builtins without a signature: let the call decide
+
+
+def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, nn.Parameter]]:
+    if not callable(fn):
+        raise GradfileError(
+            f"`parameters` in {path} should be a function parameters(model); "
+            f"found {type(fn).__name__}",
+            GRADFILE_HINT,
+        )
+    try:
+        items = list(fn(model))
+    except Exception as exc:
+        raise UserCodeError(
+            f"parameters(model) raised {type(exc).__name__}: {exc}",
+            user_frames_traceback(exc, path),
+        ) from exc
+    names_by_id = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    out: list[tuple[str, nn.Parameter]] = []
+    seen: set[int] = set()
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            name = names_by_id.get(id(item))
+            if name is None:
+                raise GradfileError(
+                    "parameters(model) returned a tensor that is not a parameter of the model",
+                    hint="return (name, parameter) pairs, e.g. from model.named_parameters()",
+                )
+            item = (name, item)
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+            raise GradfileError(
+                f"parameters(model) should yield (name, Parameter) pairs; found {item!r:.60}",
+                hint="e.g. return [(n, p) for n, p in model.named_parameters() if ...]",
+            )
+        name, param = item
+        if not isinstance(param, torch.Tensor) or not param.requires_grad:
+            raise GradfileError(
+                f"parameters(model) returned '{name}', which is not a tensor requiring grad"
+            )
+        if id(param) not in seen:
+            seen.add(id(param))
+            out.append((name, param))
+    return out
+
+
+def _load_checkpoint(model: nn.Module, path: Path) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GradfileError(
+            f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            hint="--checkpoint takes a state dict saved with torch.save(model.state_dict(), PATH)",
+        ) from None
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = state.get(key)
+            if isinstance(inner, Mapping):
+                state = inner
+                break
+    if not isinstance(state, Mapping):
+        raise GradfileError(
+            f"checkpoint {path} holds a {type(state).__name__}, not a state dict",
+            hint="save it with torch.save(model.state_dict(), PATH)",
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise GradfileError(
+            f"checkpoint {path} does not fit the model: {detail}",
+            hint="the state dict's keys and shapes must match model.state_dict()",
+        ) from None

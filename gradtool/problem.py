@@ -1,0 +1,128 @@
+"""The `Problem`: a model, its `losses` callable, the batches, and the parameters to analyse.
+
+It also checks what `losses` returns against the gradfile contract, so every later stage can
+rely on a non-empty mapping of finite scalar tensors that require grad.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradtool.errors import LossError, UserCodeError, user_frames_traceback
+
+LossesFn = Callable[..., Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class Problem:
+    """What to differentiate: `losses(model[, batch])` w.r.t. the selected named parameters."""
+
+    model: nn.Module
+    losses: LossesFn
+    parameters: list[tuple[str, nn.Parameter]]
+    batches: Iterable[Any] | None = None
+    max_batches: int | None = None
+    device: torch.device | None = None
+    source: Path | None = None
+    _names: list[str] | None = field(default=None, init=False, repr=False)
+
+    def iter_batches(self) -> Iterator[Any]:
+        """Yield each batch (moved to `device`), or a single `None` when there are no batches."""
+        if self.batches is None:
+            yield None
+            return
+        for i, batch in enumerate(self.batches):
+            if self.max_batches is not None and i >= self.max_batches:
+                return
+            yield move_to_device(batch, self.device) if self.device is not None else batch
+
+    def evaluate(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Return the validated losses for one batch (`batch` is None without batches)."""
+        args = (self.model,) if batch is None else (self.model, batch)
+        try:
+            raw = self.losses(*args)
+        except Exception as exc:
+            if self.source is None:
+                raise
+            call = "losses(model)" if batch is None else "losses(model, batch)"
+            raise UserCodeError(
+                f"{call} raised {type(exc).__name__}: {exc}",
+                user_frames_traceback(exc, self.source),
+                hint=f"the traceback above is from {self.source}",
+            ) from exc
+        checked = validate_losses(raw)
+        names = list(checked)
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise LossError(
+                f"losses returned {names} for a later batch but {self._names} for the first",
+                hint="return the same loss names, in the same order, for every batch",
+            )
+        return checked
+
+
+def validate_losses(raw: object) -> dict[str, torch.Tensor]:
+    """Return `raw` as an ordered dict of scalar loss tensors, or raise a `LossError` naming the
+    offending loss and the likely cause."""
+    if not isinstance(raw, Mapping):
+        raise LossError(
+            f"losses should return a mapping of name -> scalar tensor; found {type(raw).__name__}",
+            hint='return e.g. {"task_a": loss_a, "task_b": loss_b}',
+        )
+    if len(raw) == 0:
+        raise LossError(
+            "losses returned an empty mapping",
+            hint="return at least one loss; gradtool compares two or more",
+        )
+    out: dict[str, torch.Tensor] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str):
+            raise LossError(f"loss names should be strings; found {name!r} ({type(name).__name__})")
+        if not isinstance(value, torch.Tensor):
+            raise LossError(
+                f"loss '{name}' should be a scalar tensor; found {type(value).__name__}",
+                hint="return the loss tensor itself, not loss.item() or a float",
+            )
+        if value.numel() != 1:
+            raise LossError(
+                f"loss '{name}' should be a scalar; found shape {tuple(value.shape)}",
+                hint="reduce it, e.g. with .mean() or .sum()",
+            )
+        if not (value.is_floating_point() or value.is_complex()):
+            raise LossError(f"loss '{name}' should be a floating-point tensor; found {value.dtype}")
+        if not value.requires_grad:
+            raise LossError(
+                f"loss '{name}' does not require grad: it has no autograd graph to differentiate",
+                hint="it was likely detached: .detach(), .item() rebuilt with torch.tensor(...), "
+                "a torch.no_grad() block, or computed from parameters with requires_grad=False",
+            )
+        number = float(value.detach().reshape(()).real)
+        if not math.isfinite(number):
+            raise LossError(
+                f"loss '{name}' is not finite ({number})",
+                hint="check its inputs and the model's initialisation; gradients of a non-finite "
+                "loss are meaningless",
+            )
+        out[name] = value.reshape(())
+    return out
+
+
+def move_to_device(obj: Any, device: torch.device) -> Any:
+    """Return `obj` with every tensor inside (tuples, lists, dicts, namedtuples) on `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Mapping):
+        return type(obj)({k: move_to_device(v, device) for k, v in obj.items()})  # type: ignore[call-arg]
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(move_to_device(v, device) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_to_device(v, device) for v in obj)
+    return obj

@@ -1,0 +1,280 @@
+"""Renders a `Report` as rich tables. It formats; it never computes a statistic.
+
+Conflicts (cos < 0) are red, agreement green; the pairwise matrix is a compact heat grid. Colour
+follows rich's detection (NO_COLOR, non-TTY); conflicts are also marked in text for plain output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from gradtool.report import LayerStats, Matrix, Report
+
+EMPTY = "--"
+MAX_PAIR_COLUMNS = 6
+MAX_UNUSED_LISTED = 8
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    """Return `x` in a compact fixed or scientific form; '--' for undefined."""
+    if x is None:
+        return EMPTY
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e5 or abs(x) < 1e-3:
+        return f"{x:.{max(digits - 2, 1)}e}"
+    return f"{x:.{digits}g}"
+
+
+def cos_style(c: float | None) -> str:
+    """Return a heat colour for a cosine: deeper red towards -1, deeper green towards +1."""
+    if c is None:
+        return "dim"
+    if c < 0:
+        level = min(255, int(120 + 135 * min(1.0, -c)))
+        return f"bold rgb({level},40,40)" if c < -0.1 else f"rgb({level},90,90)"
+    level = min(255, int(110 + 145 * min(1.0, c)))
+    return f"rgb(40,{level},70)"
+
+
+def cos_text(c: float | None, mark: bool = True) -> Text:
+    """Return a cosine as coloured text, with '!' after a conflict so it shows without colour."""
+    label = EMPTY if c is None else f"{c:+.2f}"
+    if mark and c is not None and c < 0:
+        label += "!"
+    return Text(label, style=cos_style(c))
+
+
+def render_report(report: Report, console: Console, *, verbose: bool = False) -> None:
+    """Print the report's tables to `console`: header, losses, pairs, layers, unused, Pareto."""
+    console.print(_header(report, verbose))
+    console.print(_losses_table(report))
+    if len(report.losses) >= 2:
+        console.print(Group(_cosine_grid(report), _pairs_table(report)))
+    console.print(_layers_table(report))
+    unused = _unused_table(report)
+    if unused is not None:
+        console.print(unused)
+    if report.pareto is not None:
+        console.print(_pareto_table(report))
+    for line in report.verdict:
+        console.print(Text("» ", style="bold") + Text(line))
+
+
+def _header(report: Report, verbose: bool) -> Text:
+    p = report.parameters
+    meta = report.meta
+    batches = f"{report.num_batches} batch" + ("es" if report.num_batches != 1 else "")
+    parts = [
+        f"{len(report.losses)} losses",
+        f"{p['count']} parameter tensors ({p['numel']:,} values)",
+        batches,
+        f"device {meta.get('device', 'cpu')}",
+    ]
+    text = Text(f"gradtool {report.command} ", style="bold")
+    text.append(str(meta.get("gradfile", "")), style="cyan")
+    text.append("\n" + " · ".join(parts), style="dim")
+    if verbose:
+        text.append(f"\nstrategy {meta.get('strategy')}", style="dim")
+        if meta.get("fallback_reason"):
+            text.append(f" (fell back: {meta['fallback_reason']})", style="dim")
+    return text
+
+
+def _losses_table(report: Report) -> Table:
+    table = Table(title="Losses", box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("loss", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("|g|", justify="right")
+    table.add_column("max |g_k|", justify="right")
+    table.add_column("unused params", justify="right")
+    count = report.parameters["count"]
+    for name in report.losses:
+        g = report.gradients[name]
+        unused = len(report.unused[name])
+        table.add_row(
+            name,
+            fmt(report.loss_values[name]),
+            fmt(g.norm),
+            fmt(g.max_abs),
+            f"{unused}/{count}" if unused else EMPTY,
+        )
+    return table
+
+
+def _cosine_grid(report: Report) -> Table:
+    names = report.losses
+    table = Table(
+        title="Gradient cosine (red: conflict)",
+        box=box.SIMPLE,
+        title_justify="left",
+        padding=(0, 1),
+    )
+    table.add_column("", style="bold")
+    for j, name in enumerate(names):
+        table.add_column(f"[{j}] {name}" if len(names) <= 4 else f"[{j}]", justify="right")
+    for i, name in enumerate(names):
+        cells = [cos_text(report.cosine[i][j], mark=i != j) for j in range(len(names))]
+        table.add_row(f"[{i}] {name}", *cells)
+    return table
+
+
+def _pairs_table(report: Report) -> Table:
+    names = report.losses
+    m = len(names)
+    stats = report.batch_stats
+    table = Table(title="Pairs", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("pair", "cos", "angle", "dot", "magnitude sim."):
+        table.add_column(col, justify="left" if col == "pair" else "right")
+    if stats is not None:
+        table.add_column("cos over batches", justify="right")
+        table.add_column("batches in conflict", justify="right")
+    for i in range(m):
+        for j in range(i + 1, m):
+            c = report.cosine[i][j]
+            angle = report.angle_deg[i][j]
+            row: list[str | Text] = [
+                f"{names[i]} ~ {names[j]}",
+                cos_text(c),
+                EMPTY if angle is None else f"{angle:.1f}°",
+                fmt(report.dot[i][j]),
+                fmt(report.magnitude_similarity[i][j], 3),
+            ]
+            if stats is not None:
+                mean, std = stats.cosine_mean[i][j], stats.cosine_std[i][j]
+                frac = stats.conflict_fraction[i][j]
+                row.append(EMPTY if mean is None else f"{mean:+.2f} ± {fmt(std, 2)}")
+                row.append(EMPTY if frac is None else f"{frac:.0%}")
+            table.add_row(*row)
+    return table
+
+
+def _pair_columns(names: Sequence[str]) -> list[tuple[int, int]]:
+    m = len(names)
+    return [(i, j) for i in range(m) for j in range(i + 1, m)]
+
+
+def _layers_table(report: Report) -> Table:
+    names = report.losses
+    pairs = _pair_columns(names)
+    depth = report.depth
+    title = "Layers" + (f" (depth {depth})" if depth is not None else "")
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_footer=True)
+    table.add_column("module", footer="total", style="bold")
+    table.add_column("params", justify="right", footer=f"{report.parameters['numel']:,}")
+    totals = {name: report.gradients[name].norm for name in names}
+    for name in names:
+        table.add_column(f"|g| {name}", justify="right", footer=fmt(totals[name]))
+    few = len(pairs) <= MAX_PAIR_COLUMNS
+    if few:
+        for i, j in pairs:
+            table.add_column(
+                f"cos {i}~{j}", justify="right", footer=_footer_cos(report.cosine[i][j])
+            )
+    elif pairs:
+        table.add_column("lowest cos (pair)", justify="right")
+    for layer in report.layers:
+        row: list[str | Text] = [layer.name, f"{layer.numel:,}"]
+        row += [fmt(layer.norms[name]) if layer.norms[name] else EMPTY for name in names]
+        if few:
+            row += [cos_text(layer.cosine[i][j]) for i, j in pairs]
+        elif pairs:
+            row.append(_lowest_pair(layer, names))
+        table.add_row(*row)
+    return table
+
+
+def _footer_cos(c: float | None) -> str:
+    return EMPTY if c is None else f"{c:+.2f}"
+
+
+def _lowest_pair(layer: LayerStats, names: Sequence[str]) -> Text:
+    cos: Matrix = layer.cosine
+    found = [
+        (c, i, j)
+        for i in range(len(names))
+        for j in range(i + 1, len(names))
+        if (c := cos[i][j]) is not None
+    ]
+    if not found:
+        return Text(EMPTY, style="dim")
+    c, i, j = min(found)
+    return cos_text(c) + Text(f" ({i}~{j})", style="dim")
+
+
+def _unused_table(report: Report) -> Table | None:
+    rows = [(name, params) for name, params in report.unused.items() if params]
+    if not rows:
+        return None
+    table = Table(
+        title="Parameters a loss never reaches (their gradient is 0 for that loss)",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    table.add_column("loss", style="bold")
+    table.add_column("count", justify="right")
+    table.add_column("parameters")
+    for name, params in rows:
+        shown = ", ".join(params[:MAX_UNUSED_LISTED])
+        if len(params) > MAX_UNUSED_LISTED:
+            shown += f", … and {len(params) - MAX_UNUSED_LISTED} more (see --json)"
+        table.add_row(name, str(len(params)), shown)
+    if report.unreached:
+        shown = ", ".join(report.unreached[:MAX_UNUSED_LISTED])
+        if len(report.unreached) > MAX_UNUSED_LISTED:
+            shown += f", … and {len(report.unreached) - MAX_UNUSED_LISTED} more"
+        table.add_row(Text("(every loss)", style="yellow"), str(len(report.unreached)), shown)
+    return table
+
+
+def _pareto_table(report: Report) -> Group:
+    p = report.pareto
+    assert p is not None
+    normalized = p.normalize != "none"
+    title = f"Pareto: {p.method.upper()} min-norm weights"
+    if normalized:
+        title += f" (gradients normalised by {p.normalize})"
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("loss", style="bold")
+    table.add_column("weight", justify="right")
+    if normalized:
+        table.add_column("weight on raw loss", justify="right")
+    table.add_column("(G w)_i  decrease rate", justify="right")
+    table.add_column("along d", justify="left")
+    for name in report.losses:
+        rate = p.directional_derivatives[name]
+        effect = (
+            Text("decreases", style="green")
+            if rate > 0
+            else Text("flat", style="yellow")
+            if rate == 0
+            else Text("increases", style="bold red")
+        )
+        row: list[str | Text] = [name, fmt(p.weights[name])]
+        if normalized:
+            row.append(fmt(p.loss_weights[name]))
+        row += [fmt(rate), effect]
+        table.add_row(*row)
+    summary = Text()
+    summary.append("min-norm |d| = ", style="dim")
+    summary.append(fmt(p.min_norm))
+    summary.append("   KKT residual ", style="dim")
+    summary.append(f"{p.kkt_residual:.1e}")
+    summary.append("   Pareto-stationary ", style="dim")
+    summary.append("yes" if p.stationary else "no", style="bold yellow" if p.stationary else "")
+    summary.append("   unique ", style="dim")
+    summary.append("yes" if p.unique else "no", style="" if p.unique else "bold yellow")
+    return Group(table, summary, Text(""))
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """Return a console; piped output gets a fixed width so tables are not squeezed to 80."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and console.width < 120:
+        console = Console(stderr=stderr, highlight=False, width=120)
+    return console

@@ -1,0 +1,130 @@
+"""The Report: plain data that the renderer shows and `--json` serialises (schema_version 1).
+
+Nothing here computes gradients or statistics; `gradtool.analysis` fills it in.
+Matrices are nested lists indexed like `losses`; undefined entries are None (JSON null).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+Matrix = list[list[float | None]]
+
+
+@dataclass
+class GradientStats:
+    """One loss's gradient over the selected parameters."""
+
+    norm: float | None
+    max_abs: float | None
+    nonfinite: int
+
+
+@dataclass
+class LayerStats:
+    """One module path's share: numel, per-loss norms and the pairwise cosine there."""
+
+    name: str
+    numel: int
+    norms: dict[str, float | None]
+    cosine: Matrix
+    dot: Matrix
+    parameters: list[str]
+
+
+@dataclass
+class BatchStats:
+    """Per-batch cosine statistics; conflict_fraction[i][j] = share of batches with cos < 0."""
+
+    cosine_mean: Matrix
+    cosine_std: Matrix
+    conflict_fraction: Matrix
+
+
+@dataclass
+class ParetoReport:
+    """The min-norm (MGDA) result: weights, the combined direction's effect, stationarity."""
+
+    method: str
+    normalize: str
+    weights: dict[str, float]
+    loss_weights: dict[str, float]
+    min_norm: float
+    directional_derivatives: dict[str, float]
+    stationary: bool
+    unique: bool
+    kkt_residual: float
+    support: list[str]
+
+
+@dataclass
+class Report:
+    """Everything one gradtool command found, in the order of the JSON contract."""
+
+    command: str
+    losses: list[str]
+    loss_values: dict[str, float]
+    num_batches: int
+    parameters: dict[str, int]
+    gradients: dict[str, GradientStats]
+    unused: dict[str, list[str]]
+    unreached: list[str]
+    dot: Matrix
+    cosine: Matrix
+    angle_deg: Matrix
+    magnitude_similarity: Matrix
+    layers: list[LayerStats]
+    depth: int | None = None
+    batch_stats: BatchStats | None = None
+    pareto: ParetoReport | None = None
+    verdict: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON document as a dict (schema_version first, NaN/inf as None)."""
+        body = asdict(self)
+        if self.batch_stats is None:
+            body.pop("batch_stats")
+        if self.pareto is None:
+            body.pop("pareto")
+        return _clean({"schema_version": SCHEMA_VERSION, **body})
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Return the JSON document as text; strict JSON (no NaN)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same folder and a rename: never partial."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
