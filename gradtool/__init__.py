@@ -13,7 +13,7 @@ from gradtool._version import __version__
 
 if TYPE_CHECKING:
     from gradtool.analysis import ParetoOptions, build_report
-    from gradtool.api import InspectRequest, run_gradfile
+    from gradtool.api import InspectRequest, analyze, run_gradfile
     from gradtool.engine import EngineResult, batch_jacobian, compute_gramians
     from gradtool.errors import GradtoolError
     from gradtool.loader import LoadOptions, load_problem
@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "ParetoOptions": "gradtool.analysis",
     "Problem": "gradtool.problem",
     "Report": "gradtool.report",
+    "analyze": "gradtool.api",
     "batch_jacobian": "gradtool.engine",
     "build_report": "gradtool.analysis",
     "compute_gramians": "gradtool.engine",
@@ -50,6 +51,7 @@ __all__ = [
     "Problem",
     "Report",
     "__version__",
+    "analyze",
     "batch_jacobian",
     "build_report",
     "compute_gramians",

@@ -182,6 +182,17 @@ def verdict(report: Report) -> list[str]:
     if pairs and not conflicts:
         c, i, j = min(pairs)
         lines.append(f"no pair of losses conflicts (lowest cos {c:.2f}: {names[i]} and {names[j]})")
+    stats = report.batch_stats
+    if stats is not None:
+        for i in range(m):
+            for j in range(i + 1, m):
+                frac = stats.conflict_fraction[i][j]
+                if frac is not None and 0 < frac and (report.cosine[i][j] or 0.0) >= 0:
+                    lines.append(
+                        f"{names[i]} and {names[j]} conflict in {frac:.0%} of the "
+                        f"{report.num_batches} batches (per-batch cos "
+                        f"{stats.cosine_mean[i][j]:+.2f} ± {stats.cosine_std[i][j]:.2f})"
+                    )
     norms = {k: v.norm for k, v in report.gradients.items() if v.norm}
     if len(norms) >= 2:
         big = max(norms, key=lambda k: norms[k])

@@ -77,74 +77,92 @@ def compute_gramians(
     """Return the Gramians of the mean per-loss gradients of `problem` over its batches."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy should be one of {STRATEGIES}; found {strategy!r}")
-    names = [n for n, _ in problem.parameters]
     params = [p for _, p in problem.parameters]
     selected = {id(p) for p in params}
     others = [p for p in problem.model.parameters() if id(p) not in selected]
-    sums: list[torch.Tensor | None] = [None] * len(params)
-    reached: list[list[bool]] | None = None
-    loss_sums: list[float] | None = None
-    batch_gramians: list[torch.Tensor] = []
-    loss_names: list[str] = []
-    used_strategy = strategy
-    fallback: str | None = None
-    count = 0
+    acc = GramianAccumulator(problem.parameters)
     for batch in problem.iter_batches():
         losses = problem.evaluate(batch)
-        loss_names = list(losses)
-        jac = batch_jacobian(losses, params, strategy=strategy, other_leaves=others)
-        used_strategy, fallback = jac.strategy, fallback or jac.fallback_reason
-        if loss_sums is None:
-            loss_sums = [0.0] * len(loss_names)
-            reached = [[False] * len(loss_names) for _ in params]
-        assert reached is not None
-        loss_sums = [a + b for a, b in zip(loss_sums, jac.loss_values, strict=True)]
+        acc.add(
+            list(losses), batch_jacobian(losses, params, strategy=strategy, other_leaves=others)
+        )
+        del losses
+        if progress is not None:
+            progress(acc.count)
+    return acc.result()
+
+
+class GramianAccumulator:
+    """Sums per-batch Jacobian blocks (for the mean gradient) and keeps per-batch Gramians."""
+
+    def __init__(self, parameters: Sequence[tuple[str, torch.Tensor]]) -> None:
+        self.names = [n for n, _ in parameters]
+        self.numels = [p.numel() for _, p in parameters]
+        self.sums: list[torch.Tensor | None] = [None] * len(parameters)
+        self.loss_names: list[str] = []
+        self.loss_sums: list[float] = []
+        self.reached: list[list[bool]] = []
+        self.batch_gramians: list[torch.Tensor] = []
+        self.strategy = "auto"
+        self.fallback: str | None = None
+        self.count = 0
+
+    def add(self, loss_names: list[str], jac: BatchJacobian) -> None:
+        """Add one batch's Jacobian (its blocks are consumed: summed in place, not copied)."""
+        m = len(loss_names)
+        if self.count == 0:
+            self.loss_names = loss_names
+            self.loss_sums = [0.0] * m
+            self.reached = [[False] * m for _ in self.names]
+        self.strategy = jac.strategy
+        self.fallback = self.fallback or jac.fallback_reason
+        self.loss_sums = [a + b for a, b in zip(self.loss_sums, jac.loss_values, strict=True)]
         for i, found in enumerate(jac.reached):
             for b in found:
-                reached[b][i] = True
-        batch_gramian = torch.zeros(len(loss_names), len(loss_names), dtype=torch.float64)
+                self.reached[b][i] = True
+        batch_gramian = torch.zeros(m, m, dtype=torch.float64)
         for b, block in enumerate(jac.blocks):
             if block is None:
                 continue
             batch_gramian += _block_gramian(block).cpu()
-            sums[b] = block.clone() if sums[b] is None else sums[b].add_(block)
-        batch_gramians.append(batch_gramian)
-        count += 1
-        del losses, jac
-        if progress is not None:
-            progress(count)
-    if count == 0 or loss_sums is None or reached is None:
-        raise GradientError(
-            "`batches` produced no batch",
-            hint="check that the iterable is not empty (and not an exhausted generator)",
+            total = self.sums[b]
+            self.sums[b] = block.detach() if total is None else total.add_(block.detach())
+        self.batch_gramians.append(batch_gramian)
+        self.count += 1
+
+    def result(self) -> EngineResult:
+        """Return the Gramians of the mean gradients; the summed blocks are freed one by one."""
+        if self.count == 0:
+            raise GradientError(
+                "`batches` produced no batch",
+                hint="check that the iterable is not empty (and not an exhausted generator)",
+            )
+        m, count, P = len(self.loss_names), self.count, len(self.names)
+        gramians = torch.zeros(P, m, m, dtype=torch.float64)
+        nonfinite = torch.zeros(P, m, dtype=torch.int64)
+        max_abs = torch.zeros(m, dtype=torch.float64)
+        for b, total in enumerate(self.sums):
+            if total is None:
+                continue
+            mean = total / count if count > 1 else total
+            nonfinite[b] = (~torch.isfinite(mean)).sum(dim=1).cpu()
+            gramians[b] = _block_gramian(mean).cpu()
+            max_abs = torch.maximum(max_abs, mean.abs().amax(dim=1).to(torch.float64).cpu())
+            self.sums[b] = None  # free the block as soon as its Gramian is formed
+        return EngineResult(
+            loss_names=self.loss_names,
+            loss_values=[v / count for v in self.loss_sums],
+            param_names=self.names,
+            param_numels=self.numels,
+            gramians=gramians,
+            max_abs=max_abs.tolist(),
+            nonfinite=nonfinite,
+            reached=torch.tensor(self.reached, dtype=torch.bool).reshape(P, m),
+            batch_gramians=torch.stack(self.batch_gramians) if count > 1 else None,
+            num_batches=count,
+            strategy=self.strategy,
+            fallback_reason=self.fallback,
         )
-    m = len(loss_names)
-    gramians = torch.zeros(len(params), m, m, dtype=torch.float64)
-    nonfinite = torch.zeros(len(params), m, dtype=torch.int64)
-    max_abs = torch.zeros(m, dtype=torch.float64)
-    for b, total in enumerate(sums):
-        if total is None:
-            continue
-        mean = total / count if count > 1 else total
-        finite = torch.isfinite(mean)
-        nonfinite[b] = (~finite).sum(dim=1).cpu()
-        gramians[b] = _block_gramian(mean).cpu()
-        max_abs = torch.maximum(max_abs, mean.abs().amax(dim=1).to(torch.float64).cpu())
-        sums[b] = None  # free the block as soon as its Gramian is formed
-    return EngineResult(
-        loss_names=loss_names,
-        loss_values=[v / count for v in loss_sums],
-        param_names=names,
-        param_numels=[p.numel() for p in params],
-        gramians=gramians,
-        max_abs=max_abs.tolist(),
-        nonfinite=nonfinite,
-        reached=torch.tensor(reached, dtype=torch.bool).reshape(len(params), m),
-        batch_gramians=torch.stack(batch_gramians) if count > 1 else None,
-        num_batches=count,
-        strategy=used_strategy,
-        fallback_reason=fallback,
-    )
 
 
 def batch_jacobian(

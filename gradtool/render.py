@@ -143,7 +143,7 @@ def _pairs_table(report: Report) -> Table:
                 cos_text(c),
                 EMPTY if angle is None else f"{angle:.1f}°",
                 fmt(report.dot[i][j]),
-                fmt(report.magnitude_similarity[i][j], 3),
+                _unit(report.magnitude_similarity[i][j]),
             ]
             if stats is not None:
                 mean, std = stats.cosine_mean[i][j], stats.cosine_std[i][j]
@@ -152,6 +152,10 @@ def _pairs_table(report: Report) -> Table:
                 row.append(EMPTY if frac is None else f"{frac:.0%}")
             table.add_row(*row)
     return table
+
+
+def _unit(x: float | None) -> str:
+    return EMPTY if x is None else f"{x:.3f}"
 
 
 def _pair_columns(names: Sequence[str]) -> list[tuple[int, int]]:
