@@ -181,13 +181,15 @@ def verdict(report: Report) -> list[str]:
         lines.append(f"{names[i]} and {names[j]} conflict (cos {c:.2f}, {angle:.0f}°)")
     if pairs and not conflicts:
         c, i, j = min(pairs)
-        lines.append(f"no pair of losses conflicts (lowest cos {c:.2f}: {names[i]} and {names[j]})")
+        lines.append(
+            f"no pair of losses conflicts on the mean gradient (lowest cos {c:.2f}: {names[i]} and {names[j]})"
+        )
     stats = report.batch_stats
     if stats is not None:
         for i in range(m):
             for j in range(i + 1, m):
                 frac = stats.conflict_fraction[i][j]
-                if frac is not None and 0 < frac and (report.cosine[i][j] or 0.0) >= 0:
+                if frac is not None and frac > 0 and (report.cosine[i][j] or 0.0) >= 0:
                     lines.append(
                         f"{names[i]} and {names[j]} conflict in {frac:.0%} of the "
                         f"{report.num_batches} batches (per-batch cos "
