@@ -182,7 +182,8 @@ def verdict(report: Report) -> list[str]:
     if pairs and not conflicts:
         c, i, j = min(pairs)
         lines.append(
-            f"no pair of losses conflicts on the mean gradient (lowest cos {c:.2f}: {names[i]} and {names[j]})"
+            "no pair of losses conflicts on the mean gradient "
+            f"(lowest cos {c:.2f}: {names[i]} and {names[j]})"
         )
     stats = report.batch_stats
     if stats is not None:
