@@ -203,7 +203,12 @@ def batch_jacobian(
     if strategy in ("auto", "batched"):
         try:
             blocks = _batched_blocks(tensors, params, keep or strategy == "auto", create_graph)
-            return BatchJacobian(values, blocks, reach.reached, "batched")
+            if strategy == "batched" or _all_finite(blocks):
+                return BatchJacobian(values, blocks, reach.reached, "batched")
+            # one batched backward computes 0 * inf = NaN in rows of losses that never touch
+            # the offending node; the loop attributes non-finite entries to the right loss.
+            reason = "non-finite entries in the batched gradients: recomputed loss by loss"
+            del blocks
         except (RuntimeError, NotImplementedError) as exc:
             if strategy == "batched":
                 raise GradientError(
@@ -292,6 +297,10 @@ def _stack_rows(
             )
         )
     return blocks
+
+
+def _all_finite(blocks: Sequence[torch.Tensor | None]) -> bool:
+    return all(b is None or bool(torch.isfinite(b).all()) for b in blocks)
 
 
 def _block_gramian(block: torch.Tensor) -> torch.Tensor:
