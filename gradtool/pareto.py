@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gradtool.errors import LossError
 from gradtool.gramian import normalized, norms
 from gradtool.min_norm import min_norm_weights
 
@@ -60,9 +61,10 @@ def normalization_scale(
     losses = torch.tensor(list(loss_values), dtype=torch.float64)
     for name, value in zip(names, loss_values, strict=True):
         if not value > 0:
-            raise ValueError(
+            raise LossError(
                 f"--normalize {normalize} divides by the loss, which must be positive; "
-                f"loss '{name}' is {value:.6g}"
+                f"loss '{name}' is {value:.6g}",
+                hint="use --normalize l2 or none for losses that can be zero or negative",
             )
     return losses if normalize == "loss" else losses * n
 

@@ -90,7 +90,9 @@ def test_strategies_agree_and_report_their_name() -> None:
     batches = make_batches(3)
     results = {s: compute_gramians(problem_for(model, batches), strategy=s) for s in STRATEGIES}
     for s in STRATEGIES[1:]:
-        torch.testing.assert_close(results[s].gramians, results["auto"].gramians, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(
+            results[s].gramians, results["auto"].gramians, rtol=1e-6, atol=1e-9
+        )
         assert torch.equal(results[s].reached, results["auto"].reached)
     assert results["auto"].strategy == "batched"
     assert results["loop"].strategy == "loop"
