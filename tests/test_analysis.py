@@ -135,10 +135,23 @@ def test_json_has_the_contract_keys_and_nulls_for_undefined() -> None:
         pareto=ParetoOptions(),
     )
     doc = json.loads(report.to_json(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
-    for key in (
-        "schema_version command losses loss_values num_batches parameters gradients unused dot "
-        "cosine angle_deg magnitude_similarity layers batch_stats pareto"
-    ).split():
+    for key in [
+        "schema_version",
+        "command",
+        "losses",
+        "loss_values",
+        "num_batches",
+        "parameters",
+        "gradients",
+        "unused",
+        "dot",
+        "cosine",
+        "angle_deg",
+        "magnitude_similarity",
+        "layers",
+        "batch_stats",
+        "pareto",
+    ]:
         assert key in doc, key
     assert doc["schema_version"] == 1
     assert doc["losses"] == ["a", "b", "c", "zero"]

@@ -68,7 +68,7 @@ def test_stationarity_is_scale_free() -> None:
 
 
 def test_loss_normalisation_needs_positive_losses() -> None:
-    with pytest.raises(LossError, match="loss 'b' is -0.5"):
+    with pytest.raises(LossError, match=r"loss 'b' is -0\.5"):
         normalization_scale(G_REF, [1.0, -0.5], "loss", ["a", "b"])
 
 
