@@ -22,6 +22,7 @@ from gradtool.report import (
 )
 
 DEFAULT_DEPTH = 3
+WEAK_CONFLICT = 0.05  # |cos| below this reads as "nearly orthogonal" in the verdict
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,8 @@ def verdict(report: Report) -> list[str]:
     conflicts = sorted((c, i, j) for c, i, j in pairs if c is not None and c < 0)
     for c, i, j in conflicts[:3]:
         angle = report.angle_deg[i][j] or 0.0
-        lines.append(f"{names[i]} and {names[j]} conflict (cos {c:.2f}, {angle:.0f}°)")
+        how = "conflict" if c <= -WEAK_CONFLICT else "conflict slightly, nearly orthogonal"
+        lines.append(f"{names[i]} and {names[j]} {how} (cos {c:.2f}, {angle:.0f}°)")
     if pairs and not conflicts:
         c, i, j = min(pairs)
         lines.append(

@@ -273,7 +273,7 @@ def _check_output_path(output: Path) -> None:
 def _stderr_console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _escape(text: str) -> str:

@@ -216,7 +216,7 @@ def _unused_table(report: Report) -> Table | None:
     if not rows:
         return None
     table = Table(
-        title="Parameters a loss never reaches (their gradient is 0 for that loss)",
+        title="Unused parameters (no autograd path from the loss)",
         box=box.SIMPLE_HEAD,
         title_justify="left",
     )
@@ -224,16 +224,30 @@ def _unused_table(report: Report) -> Table | None:
     table.add_column("count", justify="right")
     table.add_column("parameters")
     for name, params in rows:
-        shown = ", ".join(params[:MAX_UNUSED_LISTED])
-        if len(params) > MAX_UNUSED_LISTED:
-            shown += f", … and {len(params) - MAX_UNUSED_LISTED} more (see --json)"
-        table.add_row(name, str(len(params)), shown)
+        table.add_row(name, str(len(params)), _folded(params, report.layers))
     if report.unreached:
-        shown = ", ".join(report.unreached[:MAX_UNUSED_LISTED])
-        if len(report.unreached) > MAX_UNUSED_LISTED:
-            shown += f", … and {len(report.unreached) - MAX_UNUSED_LISTED} more"
-        table.add_row(Text("(every loss)", style="yellow"), str(len(report.unreached)), shown)
+        table.add_row(
+            Text("(every loss)", style="yellow"),
+            str(len(report.unreached)),
+            _folded(report.unreached, report.layers),
+        )
     return table
+
+
+def _folded(params: Sequence[str], layers: Sequence[LayerStats]) -> str:
+    """Return the names joined, a whole module shown as 'module.*', at most a few listed."""
+    wanted = set(params)
+    labels: list[str] = []
+    covered: set[str] = set()
+    for layer in layers:
+        if len(layer.parameters) > 1 and set(layer.parameters) <= wanted:
+            labels.append(f"{layer.name}.*")
+            covered.update(layer.parameters)
+    labels += [p for p in params if p not in covered]
+    shown = ", ".join(labels[:MAX_UNUSED_LISTED])
+    if len(labels) > MAX_UNUSED_LISTED:
+        shown += f", … and {len(labels) - MAX_UNUSED_LISTED} more (see --json)"
+    return shown
 
 
 def _pareto_table(report: Report) -> Group:
