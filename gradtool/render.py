@@ -6,6 +6,7 @@ follows rich's detection (NO_COLOR, non-TTY); conflicts are also marked in text 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from rich import box
@@ -51,15 +52,23 @@ def cos_text(c: float | None, mark: bool = True) -> Text:
 
 
 def render_report(report: Report, console: Console, *, verbose: bool = False) -> None:
-    """Print the report's tables to `console`: header, losses, pairs, layers, unused, Pareto."""
+    """Print the report's tables to `console`: header, losses, pairs, layers, unused, Pareto.
+
+    A Pareto report shows the losses, the cosine grid and the Pareto table only (the JSON
+    document still holds everything).
+    """
     console.print(_header(report, verbose))
     console.print(_losses_table(report))
+    full = report.pareto is None  # `pareto` shows its own table; layers and unused are inspect's
     if len(report.losses) >= 2:
-        console.print(Group(_cosine_grid(report), _pairs_table(report)))
-    console.print(_layers_table(report))
-    unused = _unused_table(report)
-    if unused is not None:
-        console.print(unused)
+        console.print(_cosine_grid(report))
+        if full:
+            console.print(_pairs_table(report))
+    if full:
+        console.print(_layers_table(report))
+        unused = _unused_table(report)
+        if unused is not None:
+            console.print(unused)
     if report.pareto is not None:
         console.print(_pareto_table(report))
     for line in report.verdict:
@@ -168,12 +177,15 @@ def _layers_table(report: Report) -> Table:
     pairs = _pair_columns(names)
     depth = report.depth
     title = "Layers" + (f" (depth {depth})" if depth is not None else "")
+    if len(names) > 2:
+        title += ": " + ", ".join(f"[{k}] {name}" for k, name in enumerate(names))
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_footer=True)
-    table.add_column("module", footer="total", style="bold")
+    table.add_column("module", footer="total", style="bold", no_wrap=True)
     table.add_column("params", justify="right", footer=f"{report.parameters['numel']:,}")
     totals = {name: report.gradients[name].norm for name in names}
-    for name in names:
-        table.add_column(f"|g| {name}", justify="right", footer=fmt(totals[name]))
+    for k, name in enumerate(names):
+        label = f"|g| {name}" if len(names) <= 2 else f"|g| [{k}]"
+        table.add_column(label, justify="right", footer=fmt(totals[name]))
     few = len(pairs) <= MAX_PAIR_COLUMNS
     if few:
         for i, j in pairs:
@@ -293,6 +305,6 @@ def _pareto_table(report: Report) -> Group:
 def make_console(*, stderr: bool = False) -> Console:
     """Return a console; piped output gets a fixed width so tables are not squeezed to 80."""
     console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal and console.width < 120:
+    if not console.is_terminal and "COLUMNS" not in os.environ and console.width < 120:
         console = Console(stderr=stderr, highlight=False, width=120)
     return console
