@@ -8,10 +8,11 @@ GRADTOOL_DEBUG=1 to see the full traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -239,7 +240,8 @@ def _execute(request: InspectRequest, json_out: bool, output: Path | None, verbo
     from gradtool.render import make_console, render_report
     from gradtool.report import write_atomic
 
-    report = run_gradfile(request)
+    with batch_progress() as advance:
+        report = run_gradfile(request, progress=advance)
     err = _stderr_console()
     for warning in report.warnings:
         err.print(f"[bold yellow]Warning:[/] {_escape(warning)}")
@@ -258,6 +260,25 @@ def _execute(request: InspectRequest, json_out: bool, output: Path | None, verbo
             raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
         if not json_out:
             err.print(f"[dim]wrote {_escape(str(output))}[/]")
+
+
+@contextlib.contextmanager
+def batch_progress() -> Iterator[Callable[[int], None] | None]:
+    """Yield a callback showing batches done on stderr (transient), or None off a terminal."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("differentiating: {task.completed} batches"),
+        TimeElapsedColumn(),
+        console=_stderr_console(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("batches", total=None)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def _check_output_path(output: Path) -> None:
