@@ -101,6 +101,32 @@ OutputOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show engine details.")]
+PlotFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="Also draw the cosine matrix and per-layer cosines to this image (.png, .svg, .pdf; "
+        "needs matplotlib).",
+        show_default=False,
+    ),
+]
+MethodsOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="Weighting method(s), comma-separated: mgda (exact min-norm), mean, sum, upgrad, "
+        "dualproj, pcgrad, imtl_g, aligned_mtl, cagrad, nash_mtl, fairgrad.",
+    ),
+]
+PreferenceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preference",
+        help="Comma-separated positive weights, one per loss, for the methods that take a "
+        "preference (upgrad, dualproj, aligned_mtl).",
+        show_default=False,
+    ),
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -132,6 +158,7 @@ def handle_errors(fn: F) -> F:
             if os.environ.get("GRADTOOL_DEBUG"):
                 raise
             err = _stderr_console()
+
             if isinstance(exc, UserCodeError):
                 sys.stderr.write(exc.traceback)
                 if not exc.traceback.endswith("\n"):
@@ -139,6 +166,11 @@ def handle_errors(fn: F) -> F:
             err.print(f"[bold red]Error:[/] {_escape(exc.message)}")
             if exc.hint:
                 err.print(f"[bold]Hint:[/] {_escape(exc.hint)}")
+            stale = kwargs.get("output")
+            if isinstance(stale, Path) and stale.is_file():
+                # an earlier run's document at -o PATH would be mistaken for this run's
+                stale.unlink()
+                err.print(f"[dim]removed the earlier {_escape(str(stale))}: this run failed[/]")
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -159,21 +191,25 @@ def inspect(
     json_out: JsonOpt = False,
     output: OutputOpt = None,
     verbose: VerboseOpt = False,
+    plot: PlotFileOpt = None,
 ) -> None:
     """Per-loss gradient norms, pairwise cosines and conflicts, layers, unused parameters."""
     request = _request(
         "inspect", gradfile, params, batches, seed, checkpoint, device, eval_mode, depth, strategy
     )
-    _execute(request, json_out, output, verbose)
+    _execute(request, json_out, output, verbose, plot=plot)
 
 
 @app.command()
 @handle_errors
 def pareto(
     gradfile: GradfileArg,
-    method: Annotated[
-        MethodChoice, typer.Option("--method", help="Weighting method.")
-    ] = MethodChoice.mgda,
+    method: MethodsOpt = "mgda",
+    compare: Annotated[
+        bool,
+        typer.Option("--compare", help="Compare every available weighting method in one table."),
+    ] = False,
+    preference: PreferenceOpt = None,
     normalize: Annotated[
         NormalizeChoice,
         typer.Option(
@@ -195,12 +231,17 @@ def pareto(
     """Exact min-norm (MGDA) Pareto weights, each loss's decrease rate, Pareto-stationarity."""
     from gradtool.analysis import ParetoOptions
 
+    methods = _methods_option(method)
+    pref = _preference_option(preference, methods, compare)
     request = _request(
         "pareto", gradfile, params, batches, seed, checkpoint, device, eval_mode, depth, strategy
     )
     from dataclasses import replace
 
-    request = replace(request, pareto=ParetoOptions(method=method.value, normalize=normalize.value))
+    options = ParetoOptions(
+        normalize=normalize.value, methods=methods, compare=compare, preference=pref
+    )
+    request = replace(request, pareto=options)
     _execute(request, json_out, output, verbose)
 
 
@@ -232,10 +273,19 @@ def _request(
     )
 
 
-def _execute(request: InspectRequest, json_out: bool, output: Path | None, verbose: bool) -> None:
+def _execute(
+    request: InspectRequest,
+    json_out: bool,
+    output: Path | None,
+    verbose: bool,
+    *,
+    plot: Path | None = None,
+) -> None:
     """Run `request`, then print tables or JSON and write `output`; nothing is written on error."""
     if output is not None:
         _check_output_path(output)
+    if plot is not None:
+        _check_plot_path(plot)
     from gradtool.api import run_gradfile
     from gradtool.render import make_console, render_report
     from gradtool.report import write_atomic
@@ -260,6 +310,85 @@ def _execute(request: InspectRequest, json_out: bool, output: Path | None, verbo
             raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
         if not json_out:
             err.print(f"[dim]wrote {_escape(str(output))}[/]")
+    if plot is not None:
+        from gradtool.plots import plot_snapshot
+
+        err.print(f"[dim]wrote {_escape(str(plot_snapshot(report, plot)))}[/]")
+
+
+@app.command("report")
+@handle_errors
+def report_command(
+    run: Annotated[
+        Path,
+        typer.Argument(help="The run log (.jsonl) a gradtool.Monitor wrote.", show_default=False),
+    ],
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Also write PNG figures to this folder (created): cosine_pairs, grad_norms, "
+            "mgda_weights, layer_conflict (needs matplotlib).",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Gradients over training, from a Monitor's run log: conflicts per pair over time, norm
+    trends, MGDA weights, the layers where conflict concentrates."""
+    if output is not None:
+        _check_output_path(output)
+    if plot is not None:
+        from gradtool.plots import require_matplotlib
+
+        if plot.exists() and not plot.is_dir():
+            raise UsageError(f"--plot {plot} is a file", hint="give a folder, e.g. --plot figures")
+        require_matplotlib()
+    from gradtool.render import make_console
+    from gradtool.render_timeline import render_timeline
+    from gradtool.report import write_atomic
+    from gradtool.runlog import read_run
+    from gradtool.timeline import build_timeline
+
+    timeline = build_timeline(read_run(run))
+    err = _stderr_console()
+    for warning in timeline.warnings:
+        err.print(f"[bold yellow]Warning:[/] {_escape(warning)}")
+    text = timeline.to_json()
+    if json_out:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    else:
+        render_timeline(timeline, make_console())
+    if output is not None:
+        try:
+            write_atomic(output, text + "\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+        if not json_out:
+            err.print(f"[dim]wrote {_escape(str(output))}[/]")
+    if plot is not None:
+        from gradtool.plots import plot_timeline
+
+        for path in plot_timeline(timeline, plot):
+            err.print(f"[dim]wrote {_escape(str(path))}[/]")
+
+
+def _check_plot_path(plot: Path) -> None:
+    from gradtool.plots import SNAPSHOT_SUFFIXES, require_matplotlib
+
+    if plot.suffix.lower() not in SNAPSHOT_SUFFIXES:
+        raise UsageError(
+            f"--plot {plot}: the image should end in one of {', '.join(SNAPSHOT_SUFFIXES)}",
+            hint="e.g. --plot cosine.png",
+        )
+    parent = plot.parent if str(plot.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(
+            f"--plot {plot}: the folder {parent} does not exist", hint="create it first"
+        )
+    require_matplotlib()
 
 
 @contextlib.contextmanager
@@ -306,3 +435,142 @@ def _escape(text: str) -> str:
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+def _methods_option(text: str) -> tuple[str, ...]:
+    """Return the registry names in `--method` (comma-separated); exit 2 on an unknown one."""
+    from gradtool.weightings import parse_methods
+
+    try:
+        return parse_methods(text)
+    except ValueError as exc:
+        raise UsageError(f"--method: {exc}") from None
+
+
+def _preference_option(
+    text: str | None, methods: tuple[str, ...], compare: bool
+) -> tuple[float, ...] | None:
+    """Return the `--preference` floats (positive, finite); exit 2 if malformed or unused."""
+    import math
+
+    from gradtool.weightings import preference_methods
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(
+            f"--preference {text!r} should be comma-separated numbers",
+            hint="e.g. --preference 1,1,2 (one positive weight per loss)",
+        ) from None
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if bad:
+        raise UsageError(
+            f"--preference values should be positive and finite; found {bad[0]:g}",
+            hint="e.g. --preference 1,1,2 (one positive weight per loss)",
+        )
+    takers = preference_methods()
+    if not compare and not any(name in takers for name in methods):
+        raise UsageError(
+            f"--preference applies to {', '.join(takers)}; none of --method {','.join(methods)} "
+            "takes one",
+            hint=f"e.g. --method {methods[0]},{takers[0]} --preference {text}",
+        )
+    return values
+
+
+@app.command()
+@handle_errors
+def affinity(
+    gradfile: GradfileArg,
+    lr: Annotated[
+        float,
+        typer.Option("--lr", help="Step size of the one SGD lookahead step.", show_default=False),
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="Also step along these methods' combined directions (comma-separated; "
+            "see `gradtool pareto --help`).",
+        ),
+    ] = "mgda,mean",
+    holdout: Annotated[
+        bool,
+        typer.Option(
+            "--holdout", help="Evaluate each batch's step on the next batch (default: same one)."
+        ),
+    ] = False,
+    params: ParamsOpt = None,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "cpu",
+    eval_mode: EvalOpt = False,
+    strategy: StrategyOpt = StrategyChoice.auto,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Lookahead affinity: how one SGD step on each loss, or each method's direction, changes
+    every loss, measured and to first order."""
+    import math
+
+    from gradtool.affinity import AffinityRequest
+    from gradtool.loader import LoadOptions
+
+    if not (math.isfinite(lr) and lr > 0):
+        raise UsageError(
+            f"--lr should be a positive number; found {lr:g}",
+            hint="the SGD step size of the lookahead, e.g. --lr 0.1",
+        )
+    methods = _methods_option(method)
+    load = LoadOptions(
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        eval_mode=eval_mode,
+        params=tuple(params or ()),
+        max_batches=batches,
+    )
+    request = AffinityRequest(
+        gradfile=gradfile,
+        lr=lr,
+        load=load,
+        methods=methods,
+        holdout=holdout,
+        strategy=strategy.value,
+    )
+    if output is not None:
+        _check_output_path(output)
+    from gradtool.affinity import run_affinity
+    from gradtool.render import make_console, render_affinity
+
+    with batch_progress() as advance:
+        report = run_affinity(request, progress=advance)
+    _emit(
+        report, json_out, output, lambda: render_affinity(report, make_console(), verbose=verbose)
+    )
+
+
+def _emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], None]) -> None:
+    """Print `report`'s warnings (stderr), then its JSON or tables; write `output` atomically."""
+    from gradtool.report import write_atomic
+
+    err = _stderr_console()
+    for warning in report.warnings:
+        err.print(f"[bold yellow]Warning:[/] {_escape(warning)}")
+    text = report.to_json()
+    if json_out:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    else:
+        render()
+    if output is not None:
+        try:
+            write_atomic(output, text + "\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+        if not json_out:
+            err.print(f"[dim]wrote {_escape(str(output))}[/]")

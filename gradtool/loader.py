@@ -178,11 +178,19 @@ def _seed_everything(seed: int) -> None:
 
 
 def _public_names(module: types.ModuleType) -> list[str]:
+    """Return (at most 12 of) the names the gradfile defines itself, leaving out its imports."""
     return [
         n
         for n, v in vars(module).items()
-        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+        if not n.startswith("_") and not _is_imported(v, module.__name__)
     ][:12]
+
+
+def _is_imported(value: Any, module_name: str) -> bool:
+    if isinstance(value, types.ModuleType) or type(value).__module__ == "__future__":
+        return True
+    defined = isinstance(value, (type, types.FunctionType, types.BuiltinFunctionType))
+    return defined and getattr(value, "__module__", module_name) != module_name
 
 
 def _resolve_model(obj: Any, path: Path) -> nn.Module:
@@ -231,16 +239,18 @@ def _resolve_batches(obj: Any, path: Path) -> Iterable[Any]:
 
 def _check_arity(fn: Any, nargs: int, path: Path) -> None:
     try:
-        inspect.signature(fn).bind(*range(nargs))
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins without a signature: let the call decide
+    try:
+        signature.bind(*range(nargs))
     except TypeError:
         call = "losses(model, batch)" if nargs == 2 else "losses(model)"
         why = "the gradfile defines `batches`" if nargs == 2 else "the gradfile has no `batches`"
         raise GradfileError(
-            f"`losses` in {path} cannot be called as {call}, which {why} requires",
+            f"`losses` in {path} should be callable as {call}, as {why}; found losses{signature}",
             GRADFILE_HINT,
         ) from None
-    except ValueError:
-        return  # builtins without a signature: let the call decide
 
 
 def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, nn.Parameter]]:
@@ -251,10 +261,25 @@ def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, n
             GRADFILE_HINT,
         )
     try:
-        items = list(fn(model))
+        returned = fn(model)
     except Exception as exc:
         raise UserCodeError(
             f"parameters(model) raised {type(exc).__name__}: {exc}",
+            user_frames_traceback(exc, path),
+        ) from exc
+    if isinstance(returned, (str, bytes, Mapping, torch.Tensor)) or not isinstance(
+        returned, Iterable
+    ):
+        raise GradfileError(
+            f"parameters(model) should return an iterable of (name, Parameter) pairs; "
+            f"found {type(returned).__name__}",
+            hint="e.g. return [(n, p) for n, p in model.named_parameters() if ...]",
+        )
+    try:
+        items = list(returned)
+    except Exception as exc:
+        raise UserCodeError(
+            f"iterating parameters(model) raised {type(exc).__name__}: {exc}",
             user_frames_traceback(exc, path),
         ) from exc
     names_by_id = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}

@@ -38,10 +38,33 @@ class Problem:
         if self.batches is None:
             yield None
             return
-        for i, batch in enumerate(self.batches):
-            if self.max_batches is not None and i >= self.max_batches:
+        i = 0
+        try:
+            iterator = iter(self.batches)
+        except Exception as exc:
+            if self.source is None:
+                raise
+            raise self._batches_error(exc, i) from exc
+        while self.max_batches is None or i < self.max_batches:
+            try:
+                batch = next(iterator)
+            except StopIteration:
                 return
+            except Exception as exc:
+                if self.source is None:
+                    raise
+                raise self._batches_error(exc, i) from exc
             yield move_to_device(batch, self.device) if self.device is not None else batch
+            i += 1
+
+    def _batches_error(self, exc: Exception, index: int) -> UserCodeError:
+        """Return the error to raise when iterating the user's `batches` raised `exc`."""
+        assert self.source is not None
+        return UserCodeError(
+            f"iterating `batches` raised {type(exc).__name__} at batch {index}: {exc}",
+            user_frames_traceback(exc, self.source),
+            hint=f"the traceback above is from {self.source}",
+        )
 
     def evaluate(self, batch: Any) -> dict[str, torch.Tensor]:
         """Return the validated losses for one batch (`batch` is None without batches)."""
