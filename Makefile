@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gradtool-installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo monitor-demo test lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gradtool inspect samples/multitask.py
 	$(BIN)/gradtool pareto samples/multitask.py
+
+# Train the multitask sample with a gradtool.Monitor, then report on the run (and redraw the
+# README's figures).
+monitor-demo: $(STAMP)
+	$(BIN)/python samples/train_multitask.py runs/multitask.jsonl
+	$(BIN)/gradtool report runs/multitask.jsonl --plot docs/figures
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

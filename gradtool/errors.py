@@ -32,6 +32,10 @@ class GradientError(GradtoolError):
     """The gradients themselves are unusable, e.g. they hold NaN or infinity (exit 1)."""
 
 
+class RunLogError(GradtoolError):
+    """A run log (the Monitor's JSON lines) is missing, empty, or of another schema (exit 1)."""
+
+
 class UsageError(GradtoolError):
     """Bad command-line usage: an option value out of range, a pattern matching nothing (exit 2)."""
 
