@@ -32,6 +32,10 @@ class GradientError(GradtoolError):
     """The gradients themselves are unusable, e.g. they hold NaN or infinity (exit 1)."""
 
 
+class NonFiniteGradientError(GradientError):
+    """Some loss's gradient holds NaN or infinity, so no statistic is meaningful (exit 1)."""
+
+
 class RunLogError(GradtoolError):
     """A run log (the Monitor's JSON lines) is missing, empty, or of another schema (exit 1)."""
 

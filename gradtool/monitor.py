@@ -32,7 +32,7 @@ from gradtool import gramian as gm
 from gradtool._version import __version__
 from gradtool.analysis import DEFAULT_DEPTH, ParetoOptions
 from gradtool.engine import STRATEGIES, Strategy
-from gradtool.errors import GradientError, LossError
+from gradtool.errors import GradientError, LossError, NonFiniteGradientError
 from gradtool.report import Report
 from gradtool.runlog import LayerRecord, ParetoRecord, Record, run_header
 
@@ -310,7 +310,7 @@ def flat_metrics(record: Record, prefix: str = "") -> dict[str, float]:
 def _is_nonfinite(exc: LossError | GradientError, losses: Mapping[str, torch.Tensor]) -> bool:
     """Return whether `exc` reports a NaN / inf loss or gradient (a monitor skips those steps)."""
     if isinstance(exc, GradientError):
-        return exc.message.startswith("non-finite gradients")
+        return isinstance(exc, NonFiniteGradientError)
     try:
         return any(
             isinstance(v, torch.Tensor)
