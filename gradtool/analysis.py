@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from gradtool import gramian as gm
+from gradtool.compare import compare_methods, methods_verdict
 from gradtool.engine import EngineResult
-from gradtool.errors import GradientError
+from gradtool.errors import NonFiniteGradientError
 from gradtool.pareto import STATIONARY_TOL, pareto_solution
 from gradtool.report import (
     BatchStats,
@@ -32,6 +33,10 @@ class ParetoOptions:
     method: str = "mgda"
     normalize: str = "none"
     tol: float = STATIONARY_TOL
+    # The weighting methods compared side by side (`Report.methods`; gradtool.compare).
+    methods: tuple[str, ...] = ("mgda",)
+    compare: bool = False
+    preference: tuple[float, ...] | None = None
 
 
 def build_report(
@@ -43,7 +48,7 @@ def build_report(
     meta: dict[str, object] | None = None,
     allow_nonfinite: bool = False,
 ) -> Report:
-    """Return the Report for `result`; raise `GradientError` on non-finite gradient entries."""
+    """Return the Report for `result`; raise `NonFiniteGradientError` on non-finite entries."""
     names = result.loss_names
     m = len(names)
     if not allow_nonfinite:
@@ -86,6 +91,17 @@ def build_report(
     pareto_report = None
     if pareto is not None:
         pareto_report = _pareto_report(g, result.loss_values, names, pareto)
+    methods, method_warnings = None, []
+    if pareto is not None:
+        methods, method_warnings = compare_methods(
+            g,
+            result.loss_values,
+            names,
+            methods=pareto.methods,
+            compare=pareto.compare,
+            normalize=pareto.normalize,
+            preference=pareto.preference,
+        )
     report = Report(
         command=command,
         losses=list(names),
@@ -103,14 +119,15 @@ def build_report(
         depth=depth,
         batch_stats=batch_stats,
         pareto=pareto_report,
+        methods=methods,
         meta={
             "strategy": result.strategy,
             "fallback_reason": result.fallback_reason,
             **(meta or {}),
         },
     )
-    report.warnings = _warnings(report, m)
-    report.verdict = verdict(report)
+    report.warnings = _warnings(report, m) + method_warnings
+    report.verdict = verdict(report) + methods_verdict(methods or [], names)
     return report
 
 
@@ -145,7 +162,7 @@ def _check_finite(result: EngineResult) -> None:
         params = [p for b, p in enumerate(result.param_names) if int(result.nonfinite[b, i]) > 0]
         shown = ", ".join(params[:4]) + (f" and {len(params) - 4} more" if len(params) > 4 else "")
         parts.append(f"loss '{name}': {int(bad[i])} non-finite entries in {shown}")
-    raise GradientError(
+    raise NonFiniteGradientError(
         "non-finite gradients (NaN or inf), so no statistic is meaningful; " + "; ".join(parts),
         hint="look for log(0), division by zero or overflow in those losses; "
         "torch.autograd.set_detect_anomaly(True) finds the operation",

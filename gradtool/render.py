@@ -14,7 +14,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from gradtool.report import LayerStats, Matrix, Report
+from gradtool.report import AffinityReport, LayerStats, Matrix, Report
 
 EMPTY = "--"
 MAX_PAIR_COLUMNS = 6
@@ -71,6 +71,8 @@ def render_report(report: Report, console: Console, *, verbose: bool = False) ->
             console.print(unused)
     if report.pareto is not None:
         console.print(_pareto_table(report))
+    if methods_shown(report):
+        console.print(methods_table(report))
     for line in report.verdict:
         console.print(Text("» ", style="bold") + Text(line))
 
@@ -308,3 +310,223 @@ def make_console(*, stderr: bool = False) -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ and console.width < 120:
         console = Console(stderr=stderr, highlight=False, width=120)
     return console
+
+
+# --- weighting methods side by side (`pareto --method/--compare`) and `affinity` ---------------
+
+
+def methods_shown(report: Report) -> bool:
+    """Return whether the report lists methods beyond the default MGDA (its own table)."""
+    return report.methods is not None and [r.method for r in report.methods] != ["mgda"]
+
+
+def signed_text(x: float | None, mark: bool = True) -> Text:
+    """Return a signed number, green when positive, red (and '!' after) when negative."""
+    if x is None:
+        return Text(EMPTY, style="dim")
+    label = f"{x:+.4f}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:+.2e}"
+    if mark and x < 0:
+        label += "!"
+    return Text(label, style="bold red" if x < 0 else "green" if x > 0 else "")
+
+
+def _rate_text(x: float | None) -> Text:
+    """Return a decrease rate (G w)_i, red when negative (the loss increases)."""
+    if x is None:
+        return Text(EMPTY, style="dim")
+    return Text(fmt(x, 3), style="bold red" if x < 0 else "")
+
+
+def _yes_no(flag: bool) -> Text:
+    return Text("yes", style="green") if flag else Text("no", style="bold red")
+
+
+def _legend(names: Sequence[str]) -> Text:
+    return Text("  ".join(f"[{j}] {name}" for j, name in enumerate(names)), style="dim")
+
+
+def methods_table(report: Report) -> Group:
+    """Return the weighting methods side by side: weights, |d|, cos(d, g_i), (G w)_i, verdict."""
+    results = report.methods or []
+    names = report.losses
+    m = len(names)
+    normalize = results[0].normalize if results else "none"
+    title = "Weighting methods: d = sum_i w_i g_i"
+    if normalize != "none":
+        title += f" (gradients normalised by {normalize}: d uses w_i / s_i)"
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+    )
+    table.add_column("method", style="bold", no_wrap=True)
+    for j in range(m):
+        table.add_column(f"w{j}", justify="right")
+    table.add_column("|d|", justify="right")
+    for j in range(m):
+        table.add_column(f"cos{j}", justify="right")
+    for j in range(m):
+        table.add_column(f"Gw{j}", justify="right")
+    table.add_column("lowers\nall", justify="left", no_wrap=True)
+    for r in results:
+        row: list[str | Text] = [r.method]
+        row += [fmt(r.weights[name], 3) for name in names]
+        row.append(fmt(r.norm, 3))
+        row += [cos_text(r.cosine[name]) for name in names]
+        row += [_rate_text(r.directional_derivatives[name]) for name in names]
+        row.append(_yes_no(r.decreases_all))
+        table.add_row(*row)
+    notes = [_legend(names)]
+    notes.append(
+        Text(
+            "cos_i = cos(d, g_i) · Gw_i = (G w)_i = <g_i, d>: the first-order decrease rate of "
+            "loss i along -d\nlowers all: every Gw_i >= 0, so a small step along -d raises no loss",
+            style="dim",
+        )
+    )
+    named = [f"{r.method} = {r.name}" for r in results if "(" in r.name]
+    if named:
+        notes.append(Text("; ".join(named), style="dim"))
+    with_pref = [r for r in results if r.preference is not None]
+    if with_pref:
+        pref = ", ".join(f"{v:g}" for v in with_pref[0].preference.values())  # type: ignore[union-attr]
+        users = ", ".join(r.method for r in with_pref)
+        notes.append(Text(f"preference ({pref}) for {users}", style="dim"))
+    return Group(table, *notes, Text(""))
+
+
+def render_affinity(report: AffinityReport, console: Console, *, verbose: bool = False) -> None:
+    """Print the affinity report: header, the m x m affinity grid, the method steps, verdict."""
+    console.print(_affinity_header(report, verbose))
+    console.print(_affinity_grid(report))
+    if report.methods_step:
+        console.print(_method_steps_table(report))
+    for line in report.verdict:
+        console.print(Text("» ", style="bold") + Text(line))
+
+
+def _affinity_header(report: AffinityReport, verbose: bool) -> Text:
+    p = report.parameters
+    meta = report.meta
+    batches = f"{report.num_batches} batch" + ("es" if report.num_batches != 1 else "")
+    where = "evaluated on the next batch (holdout)" if report.holdout else "same batch"
+    parts = [
+        f"{len(report.losses)} losses",
+        f"{p['count']} parameter tensors ({p['numel']:,} values)",
+        batches,
+        f"lr {report.lr:g}",
+        where,
+        f"device {meta.get('device', 'cpu')}",
+    ]
+    text = Text(f"gradtool {report.command} ", style="bold")
+    text.append(str(meta.get("gradfile", "")), style="cyan")
+    text.append("\n" + " · ".join(parts), style="dim")
+    if verbose:
+        text.append(f"\nseed {meta.get('seed')}", style="dim")
+    return text
+
+
+def percent(x: float | None) -> str:
+    """Return a fraction as a signed percentage with 3 significant digits ('--' if undefined)."""
+    return EMPTY if x is None else f"{100 * x:+.3g}%"
+
+
+def _signed_fmt(x: float) -> str:
+    return ("+" if x > 0 else "") + fmt(x, 3)
+
+
+def _affinity_cell(
+    z: float | None,
+    z1: float | None,
+    change: float | None,
+    change1: float | None,
+    sep: str = " ",
+) -> Text:
+    """Return "measured% (first-order%)", the measured value coloured by its sign.
+
+    Where the ratio is undefined (L_j <= 0) show the absolute decrease L_j(theta) - L_j(after)
+    instead, marked "abs", with the same sign convention (positive: the step lowers L_j).
+    `sep` goes between the two ("\n" stacks them).
+    """
+    if z is None and change is not None:
+        drop = -change
+        first = EMPTY if change1 is None else _signed_fmt(-change1)
+        label = f"{_signed_fmt(drop)} abs" + ("!" if drop < 0 else "")
+        style = "bold red" if drop < 0 else "green" if drop > 0 else ""
+        return Text(label, style=style) + Text(f"{sep}({first})", style="dim")
+    label = percent(z) + ("!" if z is not None and z < 0 else "")
+    style = "dim" if z is None else "bold red" if z < 0 else "green" if z > 0 else ""
+    return Text(label, style=style) + Text(f"{sep}({percent(z1)})", style="dim")
+
+
+def _affinity_grid(report: AffinityReport) -> Group:
+    names = report.losses
+    table = Table(
+        title=Text("Lookahead affinity Z[i->j], % of L_j"),
+        box=box.SIMPLE,
+        title_justify="left",
+        padding=(0, 1),
+    )
+    table.add_column("step on", style="bold")
+    for j, name in enumerate(names):
+        table.add_column(f"[{j}] {name}", justify="right")
+    for i, name in enumerate(names):
+        cells = [
+            _affinity_cell(
+                report.affinity[i][j],
+                report.affinity_first_order[i][j],
+                report.loss_change[i][j],
+                report.loss_change_first_order[i][j],
+            )
+            for j in range(len(names))
+        ]
+        table.add_row(f"[{i}] {name}", *cells)
+    values = Text("L(theta): ", style="dim")
+    values.append("  ".join(f"{name} {fmt(report.loss_values[name])}" for name in names))
+    lines = [
+        "Z[i->j] = 1 - L_j(theta - lr g_i) / L_j(theta); in parentheses its first order "
+        "lr G_ij / L_j",
+        "row i: one SGD step on loss i alone; column j: its effect on loss j "
+        "(+ lowers it, - raises it)",
+    ]
+    if any(v is None for row in report.affinity for v in row):
+        lines.append("abs: L_j <= 0, so the absolute decrease L_j(theta) - L_j(theta - lr g_i)")
+    note = Text("\n".join(lines), style="dim")
+    return Group(table, values, note, Text(""))
+
+
+def _method_steps_table(report: AffinityReport) -> Group:
+    names = report.losses
+    table = Table(
+        title="One step along each method's direction d, % of L_j",
+        box=box.SIMPLE_HEAD,
+        title_justify="left",
+    )
+    table.add_column("method", style="bold", no_wrap=True)
+    table.add_column("weights", justify="right")
+    for j, name in enumerate(names):
+        table.add_column(f"[{j}] {name}", justify="right")
+    table.add_column("lowers all", justify="left", no_wrap=True)
+    for step in report.methods_step:
+        weights = " ".join(fmt(step.weights[name], 3) for name in names)
+        row: list[str | Text] = [step.method, weights]
+        row += [
+            _affinity_cell(
+                step.affinity[name],
+                step.affinity_first_order[name],
+                step.loss_change[name],
+                step.loss_change_first_order[name],
+                sep="\n",
+            )
+            for name in names
+        ]
+        row.append(_yes_no(step.lowers_every_loss))
+        table.add_row(*row)
+    note = Text(
+        "1 - L_j(theta - lr d) / L_j(theta), first order lr (G w)_j / L_j in parentheses;\n"
+        "d = sum_k w_k g_k with w from each batch's Gramian (the mean w is shown)",
+        style="dim",
+    )
+    return Group(table, note, Text(""))

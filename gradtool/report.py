@@ -67,6 +67,28 @@ class ParetoReport:
 
 
 @dataclass
+class MethodResult:
+    """One weighting method's combined direction d = sum_i loss_weights_i g_i, from G and w only.
+
+    `weights` are on the (normalised) gradients g_i / s_i, `loss_weights` = w / s on the raw
+    losses; `norm` = |d| = sqrt(lw^T G lw); `cosine[i]` = (G lw)_i / (|d| |g_i|) (None where
+    undefined); `directional_derivatives[i]` = (G lw)_i = <g_i, d>; `decreases_all`: every
+    (G lw)_i >= 0 up to round-off, i.e. a small step along -d raises no loss to first order.
+    """
+
+    method: str
+    name: str
+    normalize: str
+    preference: dict[str, float] | None
+    weights: dict[str, float]
+    loss_weights: dict[str, float]
+    norm: float
+    cosine: dict[str, float | None]
+    directional_derivatives: dict[str, float]
+    decreases_all: bool
+
+
+@dataclass
 class Report:
     """Everything one gradtool command found, in the order of the JSON contract."""
 
@@ -86,6 +108,7 @@ class Report:
     depth: int | None = None
     batch_stats: BatchStats | None = None
     pareto: ParetoReport | None = None
+    methods: list[MethodResult] | None = None
     verdict: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +120,8 @@ class Report:
             body.pop("batch_stats")
         if self.pareto is None:
             body.pop("pareto")
+        if self.methods is None:
+            body.pop("methods")
         return _clean({"schema_version": SCHEMA_VERSION, **body})
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -128,3 +153,58 @@ def write_atomic(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@dataclass
+class MethodStep:
+    """One SGD step theta - lr d along a method's combined direction d, and what it did.
+
+    `affinity[j]` = 1 - L_j(theta - lr d) / L_j(theta) (positive: the step lowered loss j; None
+    where L_j <= 0), `affinity_first_order[j]` = lr (G w)_j / L_j, `loss_change[j]` =
+    L_j(theta - lr d) - L_j(theta) and `loss_change_first_order[j]` = -lr (G w)_j; each is the
+    mean over batches, and `weights` the mean of the per-batch weights.
+    """
+
+    method: str
+    name: str
+    weights: dict[str, float]
+    affinity: dict[str, float | None]
+    affinity_first_order: dict[str, float | None]
+    loss_change: dict[str, float | None]
+    loss_change_first_order: dict[str, float | None]
+    lowers_every_loss: bool
+
+
+@dataclass
+class AffinityReport:
+    """The `affinity` command's result: lookahead affinities between losses (schema_version 1).
+
+    `affinity[i][j]` = Z[i->j] = 1 - L_j(theta - lr g_i) / L_j(theta): row i is a step on loss i
+    alone, column j its effect on loss j (Fifty et al. 2021); `affinity_first_order[i][j]` =
+    lr G_ij / L_j. `loss_change[i][j]` = L_j(theta - lr g_i) - L_j(theta), defined even where
+    L_j <= 0 (where the ratio is not: None). All are means over batches.
+    """
+
+    command: str
+    losses: list[str]
+    loss_values: dict[str, float]
+    num_batches: int
+    parameters: dict[str, int]
+    lr: float
+    holdout: bool
+    affinity: Matrix
+    affinity_first_order: Matrix
+    loss_change: Matrix
+    loss_change_first_order: Matrix
+    methods_step: list[MethodStep] = field(default_factory=list)
+    verdict: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON document as a dict (schema_version first, NaN/inf as None)."""
+        return _clean({"schema_version": SCHEMA_VERSION, **asdict(self)})
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Return the JSON document as text; strict JSON (no NaN)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)

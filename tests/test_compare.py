@@ -1,0 +1,276 @@
+"""Weighting methods side by side: every statistic checked against explicit vectors d = J^T w,
+the report's `methods` section, and `gradtool pareto --method/--compare/--preference`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gradtool import weightings
+from gradtool.analysis import ParetoOptions, build_report
+from gradtool.api import InspectRequest, run_gradfile
+from gradtool.cli import app
+from gradtool.compare import compare_methods, direction_stats, numerical_rank
+from gradtool.engine import EngineResult
+from gradtool.errors import UsageError
+from gradtool.weightings import WEIGHTINGS, MissingDependencyError
+
+ROOT = Path(__file__).resolve().parent.parent
+MULTITASK = ROOT / "samples" / "multitask.py"
+NAMES = ["a", "b", "c"]
+J = torch.tensor(
+    [[3.0, 0.5, -1.0, 2.0], [-2.0, 1.0, 0.5, -1.5], [0.2, -0.4, 2.5, 0.3]], dtype=torch.float64
+)
+G = J @ J.T
+
+
+def brute_force(j: torch.Tensor, w: torch.Tensor) -> tuple[float, list[float], list[float]]:
+    """Return |d|, cos(d, g_i) and <g_i, d> computed from the vectors d = J^T w and g_i."""
+    d = j.T @ w
+    cosines = [float(g @ d / (g.norm() * d.norm())) for g in j]
+    return float(d.norm()), cosines, [float(g @ d) for g in j]
+
+
+@pytest.mark.parametrize("name", list(WEIGHTINGS))
+def test_direction_statistics_match_explicit_vectors(name: str) -> None:
+    method = WEIGHTINGS[name]
+    if not method.available:
+        pytest.skip(f"{name} needs {method.missing()}")
+    results, _ = compare_methods(G, [1.0, 1.0, 1.0], NAMES, methods=(name,))
+    (result,) = results
+    w = torch.tensor(list(result.loss_weights.values()), dtype=torch.float64)
+    norm, cosines, derivs = brute_force(J, w)
+    assert result.norm == pytest.approx(norm, rel=1e-12)
+    for i, n in enumerate(NAMES):
+        rate = result.directional_derivatives[n]
+        tol = 1e-9 * float(G.diagonal().max()) * float(w.abs().sum())
+        assert rate == pytest.approx(derivs[i], abs=tol)
+        cos = result.cosine[n]
+        assert cos is not None and cos == pytest.approx(cosines[i], abs=1e-9)
+    assert result.decreases_all == all(r >= -1e-9 for r in derivs)
+    assert result.method == name and result.name == method.display
+
+
+def test_mean_direction_of_a_conflict_raises_a_loss() -> None:
+    j = torch.tensor([[1.0, 0.0], [-3.0, 0.1]], dtype=torch.float64)
+    stats = direction_stats(j @ j.T, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    d = j.T @ torch.tensor([0.5, 0.5], dtype=torch.float64)
+    assert stats.directional_derivatives[0] == pytest.approx(float(j[0] @ d))
+    assert stats.directional_derivatives[0] < 0 and not stats.decreases_all
+
+
+def test_zero_direction_and_zero_gradient_have_no_cosine() -> None:
+    j = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [0.0, 0.0]], dtype=torch.float64)
+    stats = direction_stats(j @ j.T, torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64))
+    assert stats.norm == 0.0 and stats.cosine == [None, None, None]
+    assert stats.decreases_all  # every rate is exactly 0: flat, not increasing
+    stats = direction_stats(j @ j.T, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    assert stats.cosine[0] == pytest.approx(1.0) and stats.cosine[2] is None
+
+
+def test_round_off_rates_are_zero_and_do_not_count_as_conflicts() -> None:
+    # d = g_0 projected off g_1, so <g_1, d> = 0 in exact arithmetic, -1.1e-16 in float64.
+    j = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    g = j @ j.T
+    w = torch.tensor([1.0, float(-g[0, 1] / g[1, 1])], dtype=torch.float64)
+    assert float((g @ w)[1]) < 0  # the raw rate reads as a (tiny) conflict
+    stats = direction_stats(g, w)
+    assert stats.directional_derivatives[1] == 0.0 and stats.cosine[1] == 0.0
+    assert stats.decreases_all
+    w[1] *= 0.999  # a real (if small) conflict stays one
+    assert not direction_stats(g, w).decreases_all
+
+
+def test_decreases_all_is_scale_free() -> None:
+    w = WEIGHTINGS["mgda"](G)
+    for c in (1e-8, 1.0, 1e8):
+        assert direction_stats(c * G, w).decreases_all
+
+
+def test_normalised_methods_weigh_scaled_gradients() -> None:
+    losses = [0.5, 2.0, 4.0]
+    (result,), _ = compare_methods(G, losses, NAMES, methods=("mean",), normalize="loss")
+    scaled = J / torch.tensor(losses, dtype=torch.float64)[:, None]
+    d = scaled.T @ torch.full((3,), 1 / 3, dtype=torch.float64)
+    assert result.weights == pytest.approx(dict.fromkeys(NAMES, 1 / 3))
+    assert list(result.loss_weights.values()) == pytest.approx([1 / 3 / v for v in losses])
+    assert result.norm == pytest.approx(float(d.norm()), rel=1e-12)
+    assert list(result.directional_derivatives.values()) == pytest.approx((J @ d).tolist())
+
+
+def test_mgda_row_matches_the_pareto_section() -> None:
+    results, _ = compare_methods(G, [1.0] * 3, NAMES, methods=("mgda", "sum"), normalize="l2")
+    from gradtool.pareto import pareto_solution
+
+    sol = pareto_solution(G, [1.0] * 3, NAMES, normalize="l2")
+    assert list(results[0].weights.values()) == pytest.approx(sol.weights.tolist(), abs=1e-12)
+    assert results[0].norm == pytest.approx(sol.min_norm, rel=1e-9)
+    assert [r.method for r in results] == ["mgda", "sum"]
+
+
+def test_compare_lists_every_available_method_after_the_requested_ones() -> None:
+    results, warnings = compare_methods(G, [1.0] * 3, NAMES, methods=("upgrad",), compare=True)
+    names = [r.method for r in results]
+    expected = [n for n, m in WEIGHTINGS.items() if m.available and n != "upgrad"]
+    assert names == ["upgrad", *expected]
+    assert not warnings or "skipped" in warnings[0]
+
+
+def test_compare_skips_methods_whose_solvers_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        weightings.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("cvxpy", "quadprog") else real(name, *a),
+    )
+    results, warnings = compare_methods(G, [1.0] * 3, NAMES, compare=True)
+    names = [r.method for r in results]
+    assert "upgrad" not in names and "cagrad" not in names and "mgda" in names
+    assert any("pip install 'gradtool[solvers]'" in w and "upgrad" in w for w in warnings)
+    with pytest.raises(MissingDependencyError):
+        compare_methods(G, [1.0] * 3, NAMES, methods=("upgrad",))
+
+
+def test_preference_is_checked_and_passed_on() -> None:
+    if not WEIGHTINGS["dualproj"].available:
+        pytest.skip("dualproj needs quadprog")
+    (plain,), _ = compare_methods(G, [1.0] * 3, NAMES, methods=("dualproj",))
+    (weighted,), _ = compare_methods(
+        G, [1.0] * 3, NAMES, methods=("dualproj",), preference=(1, 1, 5)
+    )
+    assert weighted.preference == {"a": 1.0, "b": 1.0, "c": 5.0} and plain.preference is None
+    assert weighted.weights != plain.weights
+    with pytest.raises(UsageError, match="2 values but the gradfile has 3 losses"):
+        compare_methods(G, [1.0] * 3, NAMES, methods=("upgrad",), preference=(1, 2))
+    with pytest.raises(UsageError, match="positive"):
+        compare_methods(G, [1.0] * 3, NAMES, methods=("upgrad",), preference=(1, 0, 1))
+    with pytest.raises(UsageError, match="none of the methods"):
+        compare_methods(G, [1.0] * 3, NAMES, methods=("mgda",), preference=(1, 1, 1))
+    results, _ = compare_methods(G, [1.0] * 3, NAMES, compare=True, preference=(1, 1, 1))
+    assert all((r.preference is not None) == WEIGHTINGS[r.method].takes_preference for r in results)
+
+
+def test_full_rank_methods_warn_on_dependent_gradients() -> None:
+    j = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    assert numerical_rank(j @ j.T) == 2 and numerical_rank(G) == 3
+    if not WEIGHTINGS["fairgrad"].available:
+        pytest.skip("fairgrad needs scipy")
+    _, warnings = compare_methods(j @ j.T, [1.0] * 3, NAMES, methods=("mgda", "fairgrad"))
+    assert any("rank 2 < 3" in w for w in warnings)
+
+
+def _engine_result() -> EngineResult:
+    m = 3
+    return EngineResult(
+        loss_names=NAMES,
+        loss_values=[1.0, 2.0, 3.0],
+        param_names=["w"],
+        param_numels=[4],
+        gramians=G.reshape(1, m, m),
+        max_abs=[3.0, 2.0, 2.5],
+        nonfinite=torch.zeros(1, m, dtype=torch.int64),
+        reached=torch.ones(1, m, dtype=torch.bool),
+        batch_gramians=None,
+        num_batches=1,
+        strategy="batched",
+        fallback_reason=None,
+    )
+
+
+def test_report_keeps_pareto_as_mgda_and_lists_methods() -> None:
+    options = ParetoOptions(methods=("mean", "mgda"))
+    body = build_report(_engine_result(), command="pareto", pareto=options).to_dict()
+    assert body["pareto"]["method"] == "mgda"
+    assert [m["method"] for m in body["methods"]] == ["mean", "mgda"]
+    fields = {
+        "method",
+        "name",
+        "normalize",
+        "preference",
+        "weights",
+        "loss_weights",
+        "norm",
+        "cosine",
+        "directional_derivatives",
+        "decreases_all",
+    }
+    assert all(set(m) == fields for m in body["methods"])
+    assert body["methods"][1]["weights"] == pytest.approx(body["pareto"]["weights"])
+    inspect = build_report(_engine_result(), command="inspect").to_dict()
+    assert "methods" not in inspect and "pareto" not in inspect
+
+
+def test_cli_compare_prints_one_table_with_every_method() -> None:
+    result = CliRunner().invoke(app, ["pareto", str(MULTITASK), "--compare"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Weighting methods" in out
+    for name, method in WEIGHTINGS.items():
+        if method.available:
+            assert f"\n {name} " in out
+    assert "lowers" in out and "yes" in out and "no" in out
+
+
+def test_cli_method_list_json_has_one_entry_per_method() -> None:
+    result = CliRunner().invoke(
+        app, ["pareto", str(MULTITASK), "--method", "mgda,mean,imtl-g", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert [m["method"] for m in body["methods"]] == ["mgda", "mean", "imtl_g"]
+    assert body["pareto"]["method"] == "mgda"
+    mean = body["methods"][1]
+    # The multitask sample's depth and normals conflict: the mean raises normals.
+    assert mean["directional_derivatives"]["normals"] < 0 and mean["decreases_all"] is False
+    assert body["methods"][0]["decreases_all"] is True
+    assert (
+        "to first order mean raises normals; the 2 other methods lower every loss"
+        in (body["verdict"])
+    )
+    for m in body["methods"]:
+        assert all(c is None or -1 <= c <= 1 for c in m["cosine"].values())
+        assert math.isfinite(m["norm"])
+
+
+def test_cli_default_pareto_still_lists_mgda_alone() -> None:
+    report = run_gradfile(InspectRequest(MULTITASK, command="pareto", pareto=ParetoOptions()))
+    assert report.methods is not None and [m.method for m in report.methods] == ["mgda"]
+    result = CliRunner().invoke(app, ["pareto", str(MULTITASK)])
+    assert result.exit_code == 0 and "Weighting methods" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "mgda,nope"], "unknown method 'nope'"),
+        (["--preference", "1,1,1"], "none of --method mgda takes one"),
+        (["--method", "upgrad", "--preference", "1,x"], "comma-separated numbers"),
+        (["--method", "upgrad", "--preference", "1,-1,1"], "positive"),
+        (["--method", "upgrad", "--preference", "1,1"], "2 values but the gradfile has 3"),
+    ],
+)
+def test_cli_bad_method_or_preference_exits_2(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["pareto", str(MULTITASK), *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_missing_solver_exits_1_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        weightings.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "quadprog" else real(name, *a),
+    )
+    result = CliRunner().invoke(app, ["pareto", str(MULTITASK), "--method", "upgrad"])
+    assert result.exit_code == 1
+    assert "quadprog" in result.stderr and "gradtool[solvers]" in result.stderr
+    result = CliRunner().invoke(app, ["pareto", str(MULTITASK), "--compare"])
+    assert result.exit_code == 0 and "skipped upgrad" in result.stderr
