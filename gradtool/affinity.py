@@ -459,12 +459,20 @@ def affinity_verdict(report: AffinityReport) -> list[str]:
         if step.lowers_every_loss:
             parts.append(f"one step of {step.method} lowers every loss")
             continue
-        raised = [
-            name
-            for name in names
-            if step.loss_change[name] is None or (step.loss_change[name] or 0.0) >= 0
-        ]
-        parts.append(f"one step of {step.method} raises {_and(raised)}")
+        changes = {name: step.loss_change[name] for name in names}
+        raised = [name for name, c in changes.items() if c is None or c > 0]
+        still = [name for name, c in changes.items() if c == 0]
+        if not raised:
+            parts.append(
+                f"one step of {step.method} leaves every loss unchanged"
+                if len(still) == m
+                else f"one step of {step.method} leaves {_and(still)} unchanged"
+            )
+            continue
+        text = f"one step of {step.method} raises {_and(raised)}"
+        if still:
+            text += f" and leaves {_and(still)} unchanged"
+        parts.append(text)
     if parts:
         lines.append("; ".join(parts))
     harmful = sorted(

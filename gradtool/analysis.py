@@ -82,6 +82,10 @@ def build_report(
                 cosine=gm.to_list(gm.cosine(g_layer)),
                 dot=gm.to_list(g_layer),
                 parameters=[result.param_names[b] for b in group.indices],
+                reached={
+                    name: bool(reached[list(group.indices), i].any())
+                    for i, name in enumerate(names)
+                },
             )
         )
     batch_stats = None
@@ -179,6 +183,13 @@ def _warnings(report: Report, m: int) -> list[str]:
             out.append(f"loss '{name}' reaches none of the selected parameters: its gradient is 0")
         elif report.gradients[name].norm == 0.0:
             out.append(f"loss '{name}' has a zero gradient on the selected parameters")
+    reason = str(report.meta.get("fallback_reason") or "")
+    if report.meta.get("strategy") == "backward" and "reentrant" in reason:
+        out.append(
+            "a reentrant activation checkpoint hides its inside from the autograd graph: "
+            "parameters in it count as used by every loss that reaches the checkpoint "
+            "(use_reentrant=False makes 'unused' exact)"
+        )
     return out
 
 
@@ -223,8 +234,15 @@ def verdict(report: Report) -> list[str]:
         if ratio >= 2:
             lines.append(f"{big}'s gradient is {ratio:.1f}x {small}'s")
     p = report.pareto
+    zero = [k for k, v in report.gradients.items() if v.norm == 0.0]
     if p is not None:
-        if p.stationary:
+        if p.stationary and zero:
+            lines.append(
+                f"Pareto-stationary only trivially: {', '.join(zero)} "
+                f"{'has' if len(zero) == 1 else 'have'} a zero gradient on the selected "
+                "parameters; leave such losses out, or select parameters they reach"
+            )
+        elif p.stationary:
             lines.append(
                 "Pareto-stationary: a convex combination of the gradients is ~0, so no direction "
                 "decreases every loss to first order"

@@ -31,12 +31,15 @@ class InspectRequest:
     depth: int | None = DEFAULT_DEPTH
     strategy: Strategy = "auto"
     pareto: ParetoOptions | None = None
+    low_memory: bool = False  # per-block Gramians as gradients arrive (gradtool.low_memory)
 
 
 def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None = None) -> Report:
     """Return the Report for the gradfile of `request`: load, differentiate, analyse."""
     problem = load_problem(request.gradfile, request.load)
-    result = compute_gramians(problem, strategy=request.strategy, progress=progress)
+    result = compute_gramians(
+        problem, strategy=request.strategy, progress=progress, low_memory=request.low_memory
+    )
     meta: dict[str, object] = {
         "gradtool_version": __version__,
         "torch_version": torch.__version__,
@@ -44,6 +47,7 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
         "device": str(problem.device),
         "seed": request.load.seed,
         "eval_mode": request.load.eval_mode,
+        "low_memory": request.low_memory,
     }
     return build_report(
         result,

@@ -85,7 +85,10 @@ DepthOpt = Annotated[
     int, typer.Option("--depth", min=1, help="Group the layer table by module path to this depth.")
 ]
 StrategyOpt = Annotated[
-    StrategyChoice, typer.Option("--strategy", help="Engine strategy (auto: batched, else loop).")
+    StrategyChoice,
+    typer.Option(
+        "--strategy", help="Engine strategy (auto: batched, or the loop where faster or needed)."
+    ),
 ]
 JsonOpt = Annotated[
     bool,
@@ -101,6 +104,14 @@ OutputOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show engine details.")]
+LowMemoryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--low-memory",
+        help="Take each parameter block's Gramian as its gradients arrive: extra memory "
+        "O(losses x largest block), not O(losses x all parameters) (one batch; see README).",
+    ),
+]
 PlotFileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -159,7 +170,7 @@ def handle_errors(fn: F) -> F:
                 raise
             err = _stderr_console()
 
-            if isinstance(exc, UserCodeError):
+            if isinstance(exc, UserCodeError) and exc.traceback:
                 sys.stderr.write(exc.traceback)
                 if not exc.traceback.endswith("\n"):
                     sys.stderr.write("\n")
@@ -188,6 +199,7 @@ def inspect(
     eval_mode: EvalOpt = False,
     depth: DepthOpt = 3,
     strategy: StrategyOpt = StrategyChoice.auto,
+    low_memory: LowMemoryOpt = False,
     json_out: JsonOpt = False,
     output: OutputOpt = None,
     verbose: VerboseOpt = False,
@@ -195,7 +207,17 @@ def inspect(
 ) -> None:
     """Per-loss gradient norms, pairwise cosines and conflicts, layers, unused parameters."""
     request = _request(
-        "inspect", gradfile, params, batches, seed, checkpoint, device, eval_mode, depth, strategy
+        "inspect",
+        gradfile,
+        params,
+        batches,
+        seed,
+        checkpoint,
+        device,
+        eval_mode,
+        depth,
+        strategy,
+        low_memory=low_memory,
     )
     _execute(request, json_out, output, verbose, plot=plot)
 
@@ -224,6 +246,7 @@ def pareto(
     eval_mode: EvalOpt = False,
     depth: DepthOpt = 3,
     strategy: StrategyOpt = StrategyChoice.auto,
+    low_memory: LowMemoryOpt = False,
     json_out: JsonOpt = False,
     output: OutputOpt = None,
     verbose: VerboseOpt = False,
@@ -234,7 +257,17 @@ def pareto(
     methods = _methods_option(method)
     pref = _preference_option(preference, methods, compare)
     request = _request(
-        "pareto", gradfile, params, batches, seed, checkpoint, device, eval_mode, depth, strategy
+        "pareto",
+        gradfile,
+        params,
+        batches,
+        seed,
+        checkpoint,
+        device,
+        eval_mode,
+        depth,
+        strategy,
+        low_memory=low_memory,
     )
     from dataclasses import replace
 
@@ -256,6 +289,7 @@ def _request(
     eval_mode: bool,
     depth: int,
     strategy: StrategyChoice,
+    low_memory: bool = False,
 ) -> InspectRequest:
     from gradtool.api import InspectRequest
     from gradtool.loader import LoadOptions
@@ -269,7 +303,12 @@ def _request(
         max_batches=batches,
     )
     return InspectRequest(
-        gradfile=gradfile, command=command, load=load, depth=depth, strategy=strategy.value
+        gradfile=gradfile,
+        command=command,
+        load=load,
+        depth=depth,
+        strategy=strategy.value,
+        low_memory=low_memory,
     )
 
 
@@ -290,13 +329,11 @@ def _execute(
     from gradtool.render import make_console, render_report
     from gradtool.report import write_atomic
 
-    with batch_progress() as advance:
+    with batch_progress() as advance, _user_prints_to_stderr():
         report = run_gradfile(request, progress=advance)
     err = _stderr_console()
     for warning in report.warnings:
         err.print(f"[bold yellow]Warning:[/] {_escape(warning)}")
-    if verbose and not json_out:
-        pass
     text = report.to_json()
     if json_out:
         sys.stdout.write(text + "\n")
@@ -389,6 +426,11 @@ def _check_plot_path(plot: Path) -> None:
             f"--plot {plot}: the folder {parent} does not exist", hint="create it first"
         )
     require_matplotlib()
+
+
+def _user_prints_to_stderr() -> contextlib.AbstractContextManager[object]:
+    """Send what the gradfile prints to stderr: stdout carries gradtool's tables or JSON only."""
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 @contextlib.contextmanager
@@ -547,7 +589,7 @@ def affinity(
     from gradtool.affinity import run_affinity
     from gradtool.render import make_console, render_affinity
 
-    with batch_progress() as advance:
+    with batch_progress() as advance, _user_prints_to_stderr():
         report = run_affinity(request, progress=advance)
     _emit(
         report, json_out, output, lambda: render_affinity(report, make_console(), verbose=verbose)

@@ -11,7 +11,11 @@ Strategies, behind `compute_gramians(strategy=...)`:
 - "backward": per-loss `.backward()` into `.grad` (saved and restored), the only way through a
   reentrant activation checkpoint, which `autograd.grad` refuses.
 "auto" tries "batched" and falls back to "loop" where vmap cannot run the model's backward, and
-to "backward" where the graph holds a reentrant checkpoint. The engine never prints.
+to "backward" where the graph holds a reentrant checkpoint. On the CPU, with at least
+`AUTO_LOOP_MIN_NUMEL` parameter values (0: always), "auto" runs "loop" directly: there the m
+passes are compute-bound, vmap saves no arithmetic, its batched backward carries every loss
+through every head, and its first call imports sympy (~0.35 s); the loop was never slower in
+benchmarks/RESULTS.md. On accelerators "auto" tries "batched" first. The engine never prints.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from gradtool.problem import Problem
 
 Strategy = Literal["auto", "batched", "loop", "backward"]
 STRATEGIES: tuple[str, ...] = ("auto", "batched", "loop", "backward")
+# On the CPU, "auto" runs the loop from this many selected parameter values on (see the docstring).
+AUTO_LOOP_MIN_NUMEL = 0
 
 
 @dataclass
@@ -73,10 +79,19 @@ def compute_gramians(
     *,
     strategy: Strategy = "auto",
     progress: Callable[[int], None] | None = None,
+    low_memory: bool = False,
 ) -> EngineResult:
-    """Return the Gramians of the mean per-loss gradients of `problem` over its batches."""
+    """Return the Gramians of the mean per-loss gradients of `problem` over its batches.
+
+    `low_memory` takes each parameter block's Gramian as its gradients arrive, so no loss's
+    whole gradient is held: O(m x largest block) extra memory (see `gradtool.low_memory`).
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy should be one of {STRATEGIES}; found {strategy!r}")
+    if low_memory:
+        from gradtool.low_memory import compute_gramians_low_memory
+
+        return compute_gramians_low_memory(problem, strategy=strategy, progress=progress)
     params = [p for _, p in problem.parameters]
     selected = {id(p) for p in params}
     others = [p for p in problem.model.parameters() if id(p) not in selected]
@@ -103,31 +118,71 @@ class GramianAccumulator:
         self.loss_sums: list[float] = []
         self.reached: list[list[bool]] = []
         self.batch_gramians: list[torch.Tensor] = []
+        # The first batch's per-block (Gramian, row max |.|): with a single batch, the result's.
+        self.first_stats: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(parameters)
+        # Non-finite counts of blocks added with keep=False (single batch, block not kept).
+        self.unkept: list[torch.Tensor | None] = [None] * len(parameters)
+        self.batch_gramian: torch.Tensor | None = None
         self.strategy = "auto"
         self.fallback: str | None = None
         self.count = 0
 
     def add(self, loss_names: list[str], jac: BatchJacobian) -> None:
         """Add one batch's Jacobian (its blocks are consumed: summed in place, not copied)."""
+        self.begin_batch(loss_names, jac.loss_values)
+        for b, block in enumerate(jac.blocks):
+            if block is not None:
+                self.add_block(b, block)
+        self.end_batch(jac.reached, jac.strategy, jac.fallback_reason)
+
+    def begin_batch(self, loss_names: list[str], loss_values: Sequence[float]) -> None:
+        """Start a batch whose (m, numel) blocks then arrive one at a time through `add_block`."""
         m = len(loss_names)
         if self.count == 0:
             self.loss_names = loss_names
             self.loss_sums = [0.0] * m
             self.reached = [[False] * m for _ in self.names]
-        self.strategy = jac.strategy
-        self.fallback = self.fallback or jac.fallback_reason
-        self.loss_sums = [a + b for a, b in zip(self.loss_sums, jac.loss_values, strict=True)]
-        for i, found in enumerate(jac.reached):
-            for b in found:
-                self.reached[b][i] = True
-        batch_gramian = torch.zeros(m, m, dtype=torch.float64)
-        for b, block in enumerate(jac.blocks):
-            if block is None:
-                continue
-            batch_gramian += _block_gramian(block).cpu()
+        elif any(u is not None for u in self.unkept):
+            raise RuntimeError("a second batch after blocks added with keep=False")
+        self.loss_sums = [a + b for a, b in zip(self.loss_sums, loss_values, strict=True)]
+        self.batch_gramian = torch.zeros(m, m, dtype=torch.float64)
+
+    def add_block(self, b: int, block: torch.Tensor, *, keep: bool = True) -> None:
+        """Add block b of the current batch: its Gramian (and statistics) are taken now.
+
+        With `keep` the block is also summed in place for the mean gradient. `keep=False` is for
+        a problem known to have a single batch: the block is not referenced after this returns,
+        so it can be freed at once (the low-memory engine: O(m x largest block) extra memory).
+        """
+        if self.batch_gramian is None:
+            raise RuntimeError("add_block outside begin_batch / end_batch")
+        if self.count == 0:
+            block_gramian, block_max = _block_stats(block)
+            self.first_stats[b] = (block_gramian.cpu(), block_max.cpu())
+            if not keep:
+                self.unkept[b] = _nonfinite_counts(block, self.first_stats[b][0])
+        elif not keep:
+            raise RuntimeError("keep=False is only for a single batch")
+        else:
+            block_gramian = _block_gramian(block)
+        self.batch_gramian += block_gramian.cpu()
+        if keep:
             total = self.sums[b]
             self.sums[b] = block.detach() if total is None else total.add_(block.detach())
-        self.batch_gramians.append(batch_gramian)
+
+    def end_batch(
+        self, reached: Sequence[set[int]], strategy: str, fallback_reason: str | None = None
+    ) -> None:
+        """Close the current batch: `reached[i]` are the parameters loss i's graph reaches."""
+        if self.batch_gramian is None:
+            raise RuntimeError("end_batch without begin_batch")
+        self.strategy = strategy
+        self.fallback = self.fallback or fallback_reason
+        for i, found in enumerate(reached):
+            for b in found:
+                self.reached[b][i] = True
+        self.batch_gramians.append(self.batch_gramian)
+        self.batch_gramian = None
         self.count += 1
 
     def result(self) -> EngineResult:
@@ -142,13 +197,22 @@ class GramianAccumulator:
         nonfinite = torch.zeros(P, m, dtype=torch.int64)
         max_abs = torch.zeros(m, dtype=torch.float64)
         for b, total in enumerate(self.sums):
+            unkept, first = self.unkept[b], self.first_stats[b]
+            if unkept is not None and first is not None:  # single batch, block not kept
+                gramians[b] = first[0]
+                nonfinite[b] = unkept
+                max_abs = torch.maximum(max_abs, first[1].to(torch.float64))
+                self.first_stats[b] = self.unkept[b] = None
+                continue
             if total is None:
                 continue
-            mean = total / count if count > 1 else total
-            nonfinite[b] = (~torch.isfinite(mean)).sum(dim=1).cpu()
-            gramians[b] = _block_gramian(mean).cpu()
-            max_abs = torch.maximum(max_abs, mean.abs().amax(dim=1).to(torch.float64).cpu())
+            mean = total.div_(count) if count > 1 else total  # the sums are ours: in place
+            block_gramian, block_max = _block_stats(mean) if count > 1 or first is None else first
+            gramians[b] = block_gramian.cpu()
+            nonfinite[b] = _nonfinite_counts(mean, gramians[b])
+            max_abs = torch.maximum(max_abs, block_max.to(torch.float64).cpu())
             self.sums[b] = None  # free the block as soon as its Gramian is formed
+            self.first_stats[b] = None
         return EngineResult(
             loss_names=self.loss_names,
             loss_values=[v / count for v in self.loss_sums],
@@ -200,6 +264,9 @@ def batch_jacobian(
             hint="use --strategy auto (or backward), or use_reentrant=False in the model",
         )
     reason: str | None = None
+    if strategy == "auto" and _loop_is_faster(tensors, params):
+        strategy = "loop"
+        reason = "auto on the CPU: the loop, measured at least as fast there as batched"
     if strategy in ("auto", "batched"):
         try:
             blocks = _batched_blocks(tensors, params, keep or strategy == "auto", create_graph)
@@ -221,6 +288,10 @@ def batch_jacobian(
     return BatchJacobian(values, blocks, reached, "loop", reason)
 
 
+def _loop_is_faster(losses: Sequence[torch.Tensor], params: Sequence[torch.Tensor]) -> bool:
+    return losses[0].device.type == "cpu" and sum(p.numel() for p in params) >= AUTO_LOOP_MIN_NUMEL
+
+
 def _batched_blocks(
     losses: list[torch.Tensor], params: Sequence[torch.Tensor], retain: bool, create: bool
 ) -> list[torch.Tensor | None]:
@@ -236,13 +307,13 @@ def _batched_blocks(
         create_graph=create,
         allow_unused=True,
     )
-    return [None if g is None else g.reshape(len(losses), -1) for g in grads]
+    return [None if g is None else _dense(g).reshape(len(losses), -1) for g in grads]
 
 
 def _loop_blocks(
     losses: list[torch.Tensor], params: Sequence[torch.Tensor], retain: bool, create: bool
 ) -> tuple[list[torch.Tensor | None], list[set[int]]]:
-    rows: list[list[torch.Tensor | None]] = []
+    rows = _Rows(params, len(losses), differentiable=create)
     via_grad: list[set[int]] = []
     for i, loss in enumerate(losses):
         grads = torch.autograd.grad(
@@ -252,9 +323,10 @@ def _loop_blocks(
             create_graph=create,
             allow_unused=True,
         )
-        rows.append(list(grads))
+        rows.put(i, grads)
         via_grad.append({b for b, g in enumerate(grads) if g is not None})
-    return _stack_rows(rows, params), via_grad
+        del grads
+    return rows.blocks(), via_grad
 
 
 def _backward_blocks(
@@ -266,7 +338,7 @@ def _backward_blocks(
     # .backward() writes .grad into every leaf it reaches: save them all, put them back after.
     leaves = [*params, *other_leaves]
     saved = [p.grad for p in leaves]
-    rows: list[list[torch.Tensor | None]] = []
+    rows = _Rows(params, len(losses), differentiable=False)
     via_grad: list[set[int]] = []
     try:
         for i, loss in enumerate(losses):
@@ -274,12 +346,55 @@ def _backward_blocks(
                 p.grad = None
             loss.backward(retain_graph=retain or i < len(losses) - 1)
             grads = [p.grad for p in params]
-            rows.append(grads)
+            rows.put(i, grads)
             via_grad.append({b for b, g in enumerate(grads) if g is not None})
+            del grads
     finally:
         for p, g in zip(leaves, saved, strict=True):
             p.grad = g
-    return _stack_rows(rows, params), via_grad
+    return rows.blocks(), via_grad
+
+
+class _Rows:
+    """Per-loss gradients gathered into (m, numel) blocks as each loss's pass returns them.
+
+    Each gradient is copied into its row at once (zeros where a loss does not reach the block),
+    so the m passes' gradients are never held twice; with `differentiable`, the rows are kept and
+    stacked at the end instead, which keeps the blocks in the autograd graph.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], m: int, differentiable: bool) -> None:
+        self.params, self.m, self.differentiable = params, m, differentiable
+        self.rows: list[list[torch.Tensor | None]] = []
+        self.filled: list[torch.Tensor | None] = [None] * len(params)
+        self.unset: list[list[int]] = [[] for _ in params]  # rows not written yet, per block
+
+    def put(self, i: int, grads: Sequence[torch.Tensor | None]) -> None:
+        """Store loss i's gradients (None: the loss does not reach that parameter)."""
+        if self.differentiable:
+            self.rows.append(list(grads))
+            return
+        for b, g in enumerate(grads):
+            if g is None:
+                continue
+            block = self.filled[b]
+            if block is None:  # uninitialised: rows no loss writes are zeroed at the end
+                block = self.params[b].new_empty((self.m, self.params[b].numel()))
+                self.filled[b] = block
+                self.unset[b] = [k for k in range(self.m) if k != i]
+            else:
+                self.unset[b].remove(i)
+            block[i].copy_(_dense(g).reshape(-1))
+
+    def blocks(self) -> list[torch.Tensor | None]:
+        """Return the (m, numel) blocks, None where no loss reaches the parameter."""
+        if self.differentiable:
+            return _stack_rows(self.rows, self.params)
+        for block, unset in zip(self.filled, self.unset, strict=True):
+            if block is not None:
+                for k in unset:
+                    block[k].zero_()
+        return self.filled
 
 
 def _stack_rows(
@@ -293,20 +408,79 @@ def _stack_rows(
             continue
         blocks.append(
             torch.stack(
-                [torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1) for g in column]
+                [
+                    torch.zeros_like(p).reshape(-1) if g is None else _dense(g).reshape(-1)
+                    for g in column
+                ]
             )
         )
     return blocks
 
 
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    """Return `g` as a strided tensor: sparse gradients (nn.Embedding(sparse=True)) densified."""
+    return g if g.layout == torch.strided else g.to_dense()
+
+
 def _all_finite(blocks: Sequence[torch.Tensor | None]) -> bool:
-    return all(b is None or bool(torch.isfinite(b).all()) for b in blocks)
+    # A non-finite entry makes the block's sum non-finite, so a finite sum (one cheap pass, no
+    # temporary) settles it; only a non-finite sum (or an overflow) needs the entry-wise scan.
+    return all(
+        b is None or bool(torch.isfinite(b.sum())) or bool(torch.isfinite(b).all()) for b in blocks
+    )
+
+
+# Values converted to float64 at a time by `_block_gramian` (2 MiB): the copy stays in cache.
+_GRAMIAN_CHUNK = 1 << 18
 
 
 def _block_gramian(block: torch.Tensor) -> torch.Tensor:
     """Return J J^T in float64 for one (m, numel) Jacobian block."""
-    j = block.detach().to(torch.float64)
-    return j @ j.T
+    return _block_stats(block, with_max=False)[0]
+
+
+def _block_stats(block: torch.Tensor, with_max: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (J J^T in float64, max_k |J_ik| per row) for one (m, numel) Jacobian block.
+
+    A block in another dtype is converted a chunk of columns at a time, G = sum_c J_c J_c^T, and
+    each chunk's row maxima are taken while it is in cache: no float64 copy of the whole block
+    is made (it cost more than the product) and the block is read once. The maxima are exact
+    (the conversion is), NaN where a row holds a NaN; without `with_max` they are not computed
+    (an empty tensor is returned).
+    """
+    j = block.detach()
+    cols = max(1, _GRAMIAN_CHUNK // max(1, j.shape[0]))
+    if j.dtype == torch.float64 or j.shape[1] <= cols or j.is_complex():
+        maxima = _row_max_abs(j) if with_max else j.new_empty(0)
+        j = j.to(torch.float64)
+        return j @ j.T, maxima
+    gramian = torch.zeros(j.shape[0], j.shape[0], dtype=torch.float64, device=j.device)
+    parts: list[torch.Tensor] = []
+    for start in range(0, j.shape[1], cols):
+        chunk = j[:, start : start + cols].to(torch.float64)
+        gramian.addmm_(chunk, chunk.T)
+        if with_max:
+            parts.append(_row_max_abs(chunk))
+    maxima = torch.stack(parts, dim=1).amax(dim=1) if parts else j.new_empty(0)
+    return gramian, maxima
+
+
+def _nonfinite_counts(block: torch.Tensor, gramian: torch.Tensor) -> torch.Tensor:
+    """Return the number of non-finite entries in each row of `block` (int64, on CPU).
+
+    A non-finite entry makes its row's squared norm G_ii non-finite, so the (costly) scan runs
+    only when the float64 Gramian's diagonal is not all finite.
+    """
+    if bool(torch.isfinite(gramian.diagonal()).all()):
+        return torch.zeros(block.shape[0], dtype=torch.int64)
+    return (~torch.isfinite(block)).sum(dim=1).cpu()
+
+
+def _row_max_abs(block: torch.Tensor) -> torch.Tensor:
+    """Return max_k |block[i, k]| per row (NaN where a row holds a NaN), without a copy."""
+    if block.is_complex():
+        return block.abs().amax(dim=1)
+    return torch.maximum(block.amax(dim=1), -block.amin(dim=1))
 
 
 def _common_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
@@ -316,6 +490,7 @@ def _common_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
     return dtype
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, limit: int = 160) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."

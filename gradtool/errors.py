@@ -74,6 +74,8 @@ def user_frames_traceback(exc: BaseException, gradfile: Path) -> str:
         kept = [f for f in frames if "/gradtool/" not in f.filename.replace("\\", "/")]
     else:
         kept = frames[start:]
+    if not kept:
+        return ""  # nothing of the user's to show: the message alone says it
     lines = ["Traceback (most recent call last):\n", *tb.format_list(kept)]
     lines.extend(tb.format_exception_only(type(exc), exc))
     return "".join(lines)

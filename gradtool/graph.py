@@ -27,33 +27,71 @@ class Reachability:
 def reachable_parameters(
     losses: Sequence[torch.Tensor], params: Sequence[torch.Tensor]
 ) -> Reachability:
-    """Return, per loss, the indices of `params` whose AccumulateGrad node its graph reaches."""
+    """Return, per loss, the indices of `params` whose AccumulateGrad node its graph reaches.
+
+    One walk over the union of the losses' graphs, not one per loss: each node gets the bitmask
+    of the losses that reach it (bit i for loss i), the OR of its parents' masks, propagated in
+    topological order; an AccumulateGrad node's mask says which losses reach its parameter. So
+    the cost is O(nodes + edges) whatever the number of losses, which share most of the graph.
+    """
     index = {id(p): i for i, p in enumerate(params)}
-    reached: list[set[int]] = []
-    opaque = False
-    for loss in losses:
-        found: set[int] = set()
+    reached: list[set[int]] = [set() for _ in losses]
+    masks: dict[object, int] = {}
+    for i, loss in enumerate(losses):
         root = loss.grad_fn
         if root is None:
             if loss.requires_grad and id(loss) in index:  # the loss is a parameter itself
-                found.add(index[id(loss)])
-            reached.append(found)
+                reached[i].add(index[id(loss)])
             continue
-        stack = [root]
-        seen = {root}
-        while stack:
-            node = stack.pop()
-            name = type(node).__name__
-            if name == "AccumulateGrad":
-                i = index.get(id(node.variable))
-                if i is not None:
-                    found.add(i)
-                continue
-            if name in OPAQUE_NODES:
-                opaque = True
-            for child, _ in node.next_functions:
-                if child is not None and child not in seen:
-                    seen.add(child)
-                    stack.append(child)
-        reached.append(found)
+        masks[root] = masks.get(root, 0) | (1 << i)
+    # Collect the union graph: each node's children and how many edges enter it.
+    children: dict[object, list[object]] = {}
+    entering: dict[object, int] = dict.fromkeys(masks, 0)
+    stack = list(masks)
+    while stack:
+        node = stack.pop()
+        if type(node).__name__ == "AccumulateGrad":
+            children[node] = []
+            continue
+        kids = [child for child, _ in node.next_functions if child is not None]
+        children[node] = kids
+        for child in kids:
+            if child not in entering:
+                entering[child] = 0
+                stack.append(child)
+            entering[child] += 1
+    # Propagate the masks from the roots down, each node once all its parents are done.
+    opaque = False
+    decoded: dict[int, list[int]] = {}  # mask -> its set bits (most parameters share a mask)
+    ready = [node for node, count in entering.items() if count == 0]
+    while ready:
+        node = ready.pop()
+        mask = masks.get(node, 0)
+        name = type(node).__name__
+        if name == "AccumulateGrad":
+            i = index.get(id(node.variable))
+            if i is not None:
+                bits = decoded.get(mask)
+                if bits is None:
+                    bits = decoded[mask] = _bits(mask)
+                for loss_index in bits:
+                    reached[loss_index].add(i)
+            continue
+        if name in OPAQUE_NODES:
+            opaque = True
+        for child in children[node]:
+            masks[child] = masks.get(child, 0) | mask
+            entering[child] -= 1
+            if entering[child] == 0:
+                ready.append(child)
     return Reachability(reached=reached, opaque=opaque)
+
+
+def _bits(mask: int) -> list[int]:
+    """Return the positions of the set bits of `mask`, increasing."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out

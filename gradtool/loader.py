@@ -10,6 +10,7 @@ import fnmatch
 import importlib.util
 import inspect
 import random
+import re
 import sys
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,6 +60,8 @@ def import_gradfile(path: Path) -> types.ModuleType:
     if added:
         sys.path.insert(0, folder)
     sys.modules[module_name] = module
+    saved_argv = sys.argv
+    sys.argv = [str(path)]  # as `python FILE` would see it, not gradtool's options
     try:
         spec.loader.exec_module(module)
     except SyntaxError as exc:
@@ -80,6 +83,7 @@ def import_gradfile(path: Path) -> types.ModuleType:
             hint=f"the traceback above is from {path}; gradtool runs the file to load it",
         ) from exc
     finally:
+        sys.argv = saved_argv
         if added:
             sys.path.remove(folder)
     return module
@@ -122,6 +126,12 @@ def load_problem(path: Path, options: LoadOptions | None = None) -> Problem:
 
     if "parameters" in names:
         selected = _call_parameters(names["parameters"], model, path)
+        if not selected:
+            raise GradfileError(
+                f"parameters(model) in {path} selected no parameter",
+                hint="return at least one (name, Parameter) pair, or drop `parameters` to "
+                "analyse every parameter that requires grad",
+            )
     else:
         selected = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not selected:
@@ -199,7 +209,7 @@ def _resolve_model(obj: Any, path: Path) -> nn.Module:
     if callable(obj):
         try:
             built = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserCodeError(
                 f"model() raised {type(exc).__name__}: {exc}",
                 user_frames_traceback(exc, path),
@@ -222,7 +232,7 @@ def _resolve_batches(obj: Any, path: Path) -> Iterable[Any]:
     if callable(obj) and not isinstance(obj, (torch.Tensor, Iterable)):
         try:
             obj = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise UserCodeError(
                 f"batches() raised {type(exc).__name__}: {exc}",
                 user_frames_traceback(exc, path),
@@ -262,7 +272,7 @@ def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, n
         )
     try:
         returned = fn(model)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UserCodeError(
             f"parameters(model) raised {type(exc).__name__}: {exc}",
             user_frames_traceback(exc, path),
@@ -277,7 +287,7 @@ def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, n
         )
     try:
         items = list(returned)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise UserCodeError(
             f"iterating parameters(model) raised {type(exc).__name__}: {exc}",
             user_frames_traceback(exc, path),
@@ -313,9 +323,10 @@ def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, n
 def _load_checkpoint(model: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        first_line = _ANSI.sub("", str(exc)).strip().splitlines()[0][:300]
         raise GradfileError(
-            f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            f"cannot load checkpoint {path}: {type(exc).__name__}: {first_line}",
             hint="--checkpoint takes a state dict saved with torch.save(model.state_dict(), PATH)",
         ) from None
     if isinstance(state, Mapping):
@@ -329,12 +340,33 @@ def _load_checkpoint(model: nn.Module, path: Path) -> None:
             f"checkpoint {path} holds a {type(state).__name__}, not a state dict",
             hint="save it with torch.save(model.state_dict(), PATH)",
         )
+    state = _strip_common_prefix(state, model)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()
+        first = _ANSI.sub("", str(exc)).splitlines()
         detail = " ".join(line.strip() for line in first[:3])
+        if len(detail) > 300:
+            detail = detail[:300] + " ..."
         raise GradfileError(
             f"checkpoint {path} does not fit the model: {detail}",
             hint="the state dict's keys and shapes must match model.state_dict()",
         ) from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _strip_common_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping[str, Any]:
+    """Return `state` with a common key prefix ('model.', 'module.') removed where that makes its
+    keys exactly the model's (Lightning and DataParallel checkpoints), else `state` unchanged."""
+    expected = set(model.state_dict())
+    keys = list(state)
+    if not keys or set(keys) == expected:
+        return state
+    for prefix in ("model.", "module.", "net.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in keys):
+            stripped = {k[len(prefix) :]: v for k, v in state.items()}
+            if set(stripped) == expected:
+                return stripped
+    return state

@@ -41,7 +41,7 @@ class Problem:
         i = 0
         try:
             iterator = iter(self.batches)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             if self.source is None:
                 raise
             raise self._batches_error(exc, i) from exc
@@ -50,7 +50,7 @@ class Problem:
                 batch = next(iterator)
             except StopIteration:
                 return
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 if self.source is None:
                     raise
                 raise self._batches_error(exc, i) from exc
@@ -61,7 +61,8 @@ class Problem:
         """Return the error to raise when iterating the user's `batches` raised `exc`."""
         assert self.source is not None
         return UserCodeError(
-            f"iterating `batches` raised {type(exc).__name__} at batch {index}: {exc}",
+            f"iterating `batches` raised {type(exc).__name__} while fetching batch #{index + 1} "
+            f"(index {index}): {exc}",
             user_frames_traceback(exc, self.source),
             hint=f"the traceback above is from {self.source}",
         )
@@ -71,7 +72,7 @@ class Problem:
         args = (self.model,) if batch is None else (self.model, batch)
         try:
             raw = self.losses(*args)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             if self.source is None:
                 raise
             call = "losses(model)" if batch is None else "losses(model, batch)"

@@ -19,6 +19,7 @@ from gradtool.report import AffinityReport, LayerStats, Matrix, Report
 EMPTY = "--"
 MAX_PAIR_COLUMNS = 6
 MAX_UNUSED_LISTED = 8
+PIPED_WIDTH = 200
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -82,7 +83,7 @@ def _header(report: Report, verbose: bool) -> Text:
     meta = report.meta
     batches = f"{report.num_batches} batch" + ("es" if report.num_batches != 1 else "")
     parts = [
-        f"{len(report.losses)} losses",
+        f"{len(report.losses)} loss" + ("es" if len(report.losses) != 1 else ""),
         f"{p['count']} parameter tensors ({p['numel']:,} values)",
         batches,
         f"device {meta.get('device', 'cpu')}",
@@ -93,7 +94,7 @@ def _header(report: Report, verbose: bool) -> Text:
     if verbose:
         text.append(f"\nstrategy {meta.get('strategy')}", style="dim")
         if meta.get("fallback_reason"):
-            text.append(f" (fell back: {meta['fallback_reason']})", style="dim")
+            text.append(f" ({meta['fallback_reason']})", style="dim")
     return text
 
 
@@ -198,7 +199,9 @@ def _layers_table(report: Report) -> Table:
         table.add_column("lowest cos (pair)", justify="right")
     for layer in report.layers:
         row: list[str | Text] = [layer.name, f"{layer.numel:,}"]
-        row += [fmt(layer.norms[name]) if layer.norms[name] else EMPTY for name in names]
+        row += [
+            fmt(layer.norms[name]) if layer.reached.get(name, True) else EMPTY for name in names
+        ]
         if few:
             row += [cos_text(layer.cosine[i][j]) for i, j in pairs]
         elif pairs:
@@ -296,7 +299,8 @@ def _pareto_table(report: Report) -> Group:
     summary.append("min-norm |d| = ", style="dim")
     summary.append(fmt(p.min_norm))
     summary.append("   KKT residual ", style="dim")
-    summary.append(f"{p.kkt_residual:.1e}")
+    # below 1e-12 it is round-off, whose digits vary with the engine's summation order
+    summary.append(f"{p.kkt_residual:.1e}" if p.kkt_residual >= 1e-12 else "< 1e-12")
     summary.append("   Pareto-stationary ", style="dim")
     summary.append("yes" if p.stationary else "no", style="bold yellow" if p.stationary else "")
     summary.append("   unique ", style="dim")
@@ -305,10 +309,11 @@ def _pareto_table(report: Report) -> Group:
 
 
 def make_console(*, stderr: bool = False) -> Console:
-    """Return a console; piped output gets a fixed width so tables are not squeezed to 80."""
-    console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal and "COLUMNS" not in os.environ and console.width < 120:
-        console = Console(stderr=stderr, highlight=False, width=120)
+    """Return a console for the tables: no markup (loss names are shown as written), and piped
+    output (without COLUMNS) as wide as the tables need, up to PIPED_WIDTH, not squeezed to 80."""
+    console = Console(stderr=stderr, highlight=False, markup=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ and console.width < PIPED_WIDTH:
+        console = Console(stderr=stderr, highlight=False, markup=False, width=PIPED_WIDTH)
     return console
 
 
@@ -413,7 +418,7 @@ def _affinity_header(report: AffinityReport, verbose: bool) -> Text:
     batches = f"{report.num_batches} batch" + ("es" if report.num_batches != 1 else "")
     where = "evaluated on the next batch (holdout)" if report.holdout else "same batch"
     parts = [
-        f"{len(report.losses)} losses",
+        f"{len(report.losses)} loss" + ("es" if len(report.losses) != 1 else ""),
         f"{p['count']} parameter tensors ({p['numel']:,} values)",
         batches,
         f"lr {report.lr:g}",

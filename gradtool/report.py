@@ -39,6 +39,7 @@ class LayerStats:
     cosine: Matrix
     dot: Matrix
     parameters: list[str]
+    reached: dict[str, bool] = field(default_factory=dict)  # loss -> reaches some parameter here
 
 
 @dataclass

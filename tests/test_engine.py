@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from gradtool import engine
 from gradtool.engine import batch_jacobian, compute_gramians
 from gradtool.errors import GradientError
 from gradtool.problem import Problem
@@ -94,7 +95,8 @@ def test_strategies_agree_and_report_their_name() -> None:
             results[s].gramians, results["auto"].gramians, rtol=1e-6, atol=1e-9
         )
         assert torch.equal(results[s].reached, results["auto"].reached)
-    assert results["auto"].strategy == "batched"
+    assert results["auto"].strategy == "loop"  # on the CPU (see engine.AUTO_LOOP_MIN_NUMEL)
+    assert "CPU" in (results["auto"].fallback_reason or "")
     assert results["loop"].strategy == "loop"
     assert results["backward"].strategy == "backward"
 
@@ -256,7 +258,10 @@ class NoVmap(torch.autograd.Function):
         return grad * scale + 0 * x
 
 
-def test_auto_falls_back_to_the_loop_where_vmap_cannot_run() -> None:
+def test_auto_falls_back_to_the_loop_where_vmap_cannot_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine, "AUTO_LOOP_MIN_NUMEL", 10**12)  # auto tries batched first
     torch.manual_seed(6)
     lin = nn.Linear(3, 2)
     x = torch.randn(4, 3)
@@ -323,3 +328,22 @@ def test_nonfinite_gradient_entries_are_counted_per_block() -> None:
         result = compute_gramians(problem, strategy=strategy)
         assert int(result.nonfinite[:, 0].sum()) == 0, strategy
         assert int(result.nonfinite[0, 1]) > 0, strategy  # weight
+
+
+@pytest.mark.parametrize("strategy", ["auto", "loop", "backward"])
+def test_sparse_embedding_gradients_are_densified(strategy: str) -> None:
+    torch.manual_seed(8)
+    sparse = nn.ModuleDict({"u": nn.Embedding(10, 4, sparse=True), "a": nn.Linear(4, 1)})
+    dense = nn.ModuleDict({"u": nn.Embedding(10, 4), "a": nn.Linear(4, 1)})
+    dense.load_state_dict(sparse.state_dict())
+    idx = torch.tensor([0, 3, 3, 7])
+
+    def losses(m: nn.ModuleDict) -> dict:
+        h = m["u"](idx)
+        return {"x": m["a"](h).pow(2).mean(), "y": h.mean()}
+
+    def run(model: nn.Module, s: str):
+        problem = Problem(model=model, losses=losses, parameters=list(model.named_parameters()))
+        return compute_gramians(problem, strategy=s)
+
+    torch.testing.assert_close(run(sparse, strategy).gramians, run(dense, "loop").gramians)

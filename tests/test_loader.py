@@ -303,7 +303,7 @@ def test_batches_generator_raising_midway_is_a_user_code_error(write_gradfile) -
         + "    raise KeyError('shard 2 missing')  # here\n"
         + BATCH_LOSSES
     )
-    with pytest.raises(UserCodeError, match="`batches` raised KeyError at batch 1") as info:
+    with pytest.raises(UserCodeError, match=r"KeyError while fetching batch #2") as info:
         compute_gramians(load_problem(path))
     assert f'File "{path}", line {line_of(path, "# here")}, in batches' in info.value.traceback
     assert "gradtool/" not in info.value.traceback
