@@ -138,6 +138,10 @@ def compare_methods(
     """
     m = len(names)
     chosen, skipped = resolve_methods(methods, compare)
+    if compare and m == 1:
+        # with one loss every weighting is a rescaling of its gradient: nothing to compare
+        chosen = [name for name in chosen if name in set(methods) | {"mgda", "mean", "sum"}]
+        skipped = []
     pref = _checked_preference(preference, chosen, names, compare)
     g = gm.as_gramian(gramian)
     scale = normalization_scale(g, loss_values, normalize, names)
