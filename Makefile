@@ -1,6 +1,7 @@
 # One command to set up and run: `make demo` or `make test` on a fresh clone.
-# The CPU build of torch is installed first so that pip never pulls a CUDA build;
-# override TORCH_SPEC (e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu").
+# torch is installed first, as TORCH_SPEC says, so that pip never pulls a build you did not
+# choose: torch==2.13.0 is a CPU build where the index carries one (as here); on plain PyPI use
+# TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu".
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -24,8 +25,8 @@ demo: $(STAMP)
 # Train the multitask sample with a gradtool.Monitor, then report on the run (and redraw the
 # README's figures).
 monitor-demo: $(STAMP)
-	$(BIN)/python samples/train_multitask.py runs/multitask.jsonl
-	$(BIN)/gradtool report runs/multitask.jsonl --plot docs/figures
+	$(BIN)/python samples/train_multitask.py docs/runs/multitask.jsonl
+	$(BIN)/gradtool report docs/runs/multitask.jsonl --plot docs/figures
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -45,7 +45,13 @@ from torch import nn
 
 from gradtool._version import __version__
 from gradtool.engine import Strategy, batch_jacobian
-from gradtool.errors import LossError, UsageError, UserCodeError, user_frames_traceback
+from gradtool.errors import (
+    GradientError,
+    LossError,
+    UsageError,
+    UserCodeError,
+    user_frames_traceback,
+)
 from gradtool.loader import LoadOptions, load_problem
 from gradtool.problem import Problem
 from gradtool.report import AffinityReport, Matrix, MethodStep
@@ -183,7 +189,10 @@ def lookahead_affinity(
         if progress is not None:
             progress(count)
     if sums is None or first is None or previous is None:
-        raise UsageError("`batches` produced no batch", hint="check that the iterable is not empty")
+        raise GradientError(
+            "`batches` produced no batch",
+            hint="check that the iterable is not empty (and not an exhausted generator)",
+        )
     if holdout:
         if count < 2:
             raise UsageError(

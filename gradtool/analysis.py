@@ -46,13 +46,11 @@ def build_report(
     depth: int | None = DEFAULT_DEPTH,
     pareto: ParetoOptions | None = None,
     meta: dict[str, object] | None = None,
-    allow_nonfinite: bool = False,
 ) -> Report:
     """Return the Report for `result`; raise `NonFiniteGradientError` on non-finite entries."""
     names = result.loss_names
     m = len(names)
-    if not allow_nonfinite:
-        _check_finite(result)
+    _check_finite(result)
     g = result.gramian
     n = gm.norms(g)
     cos = gm.cosine(g)

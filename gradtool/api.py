@@ -15,7 +15,6 @@ import torch
 from gradtool._version import __version__
 from gradtool.analysis import DEFAULT_DEPTH, ParetoOptions, build_report
 from gradtool.engine import GramianAccumulator, Strategy, batch_jacobian, compute_gramians
-from gradtool.errors import GradientError
 from gradtool.loader import LoadOptions, load_problem
 from gradtool.problem import validate_losses
 from gradtool.report import Report
@@ -84,18 +83,9 @@ def analyze(
     selected = {id(p) for p in params}
     others = [p for p in model.parameters() if id(p) not in selected]
     acc = GramianAccumulator(named)
-    try:
-        jac = batch_jacobian(
-            checked, params, strategy=strategy, retain_graph=retain_graph, other_leaves=others
-        )
-    except RuntimeError as exc:
-        if "backward through the graph a second time" not in str(exc):
-            raise
-        raise GradientError(
-            "the losses' graph was already freed by a backward pass",
-            hint="call gradtool.analyze before loss.backward(), or run that backward with "
-            "retain_graph=True",
-        ) from None
+    jac = batch_jacobian(
+        checked, params, strategy=strategy, retain_graph=retain_graph, other_leaves=others
+    )
     acc.add(list(checked), jac)
     del jac
     meta: dict[str, object] = {"gradtool_version": __version__, "torch_version": torch.__version__}

@@ -51,10 +51,6 @@ class NormalizeChoice(str, Enum):
     loss_plus = "loss+"
 
 
-class MethodChoice(str, Enum):
-    mgda = "mgda"
-
-
 GradfileArg = Annotated[
     Path,
     typer.Argument(
@@ -159,32 +155,59 @@ def _root(
 
 
 def handle_errors(fn: F) -> F:
-    """Map `GradtoolError` to 'Error:' / 'Hint:' lines on stderr and its exit code."""
+    """Map `GradtoolError` to 'Error:' / 'Hint:' lines on stderr and its exit code; on any
+    failure, remove an earlier run's document at `-o PATH` (it would pass for this run's)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        output = kwargs.get("output")
+        gradfile = kwargs.get("gradfile")
+        if isinstance(output, Path) and isinstance(gradfile, Path) and _same_path(output, gradfile):
+            _report(UsageError(f"-o {output} is the gradfile itself", "give another file"))
+            raise typer.Exit(2)
         try:
             return fn(*args, **kwargs)
         except GradtoolError as exc:
             if os.environ.get("GRADTOOL_DEBUG"):
                 raise
-            err = _stderr_console()
-
-            if isinstance(exc, UserCodeError) and exc.traceback:
-                sys.stderr.write(exc.traceback)
-                if not exc.traceback.endswith("\n"):
-                    sys.stderr.write("\n")
-            err.print(f"[bold red]Error:[/] {_escape(exc.message)}")
-            if exc.hint:
-                err.print(f"[bold]Hint:[/] {_escape(exc.hint)}")
-            stale = kwargs.get("output")
-            if isinstance(stale, Path) and stale.is_file():
-                # an earlier run's document at -o PATH would be mistaken for this run's
-                stale.unlink()
-                err.print(f"[dim]removed the earlier {_escape(str(stale))}: this run failed[/]")
+            _report(exc)
+            _remove_stale(output)
             raise typer.Exit(exc.exit_code) from None
+        except typer.Exit as exc:
+            if exc.exit_code:
+                _remove_stale(output)
+            raise
+        except BaseException:
+            _remove_stale(output)
+            raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def _report(exc: GradtoolError) -> None:
+    err = _stderr_console()
+    if isinstance(exc, UserCodeError) and exc.traceback:
+        sys.stderr.write(exc.traceback)
+        if not exc.traceback.endswith("\n"):
+            sys.stderr.write("\n")
+    err.print(f"[bold red]Error:[/] {_escape(exc.message)}")
+    if exc.hint:
+        err.print(f"[bold]Hint:[/] {_escape(exc.hint)}")
+
+
+def _remove_stale(output: object) -> None:
+    if isinstance(output, Path) and output.is_file():
+        output.unlink()
+        _stderr_console().print(
+            f"[dim]removed the earlier {_escape(str(output))}: this run failed[/]"
+        )
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 @app.command()

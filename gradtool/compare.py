@@ -27,7 +27,7 @@ import torch
 
 from gradtool import gramian as gm
 from gradtool.errors import UsageError
-from gradtool.pareto import normalization_scale
+from gradtool.pareto import DERIVATIVE_RTOL, normalization_scale
 from gradtool.report import MethodResult
 from gradtool.weightings import (
     DEFAULT_METHOD,
@@ -38,7 +38,6 @@ from gradtool.weightings import (
     preference_methods,
 )
 
-DERIVATIVE_RTOL = 1e-9
 ZERO_NORM_RTOL = 1e-12
 # Eigenvalues of G at or below this times the largest one count as 0 (for `numerical_rank`).
 RANK_RTOL = 1e-10

@@ -167,8 +167,16 @@ class GramianAccumulator:
             block_gramian = _block_gramian(block)
         self.batch_gramian += block_gramian.cpu()
         if keep:
+            data = block.detach()
             total = self.sums[b]
-            self.sums[b] = block.detach() if total is None else total.add_(block.detach())
+            if total is not None:
+                total.add_(data)
+                return
+            # The running sum must be a buffer of ours, dense and at least float32: a batched
+            # gradient can be a zero-stride broadcast, and bf16 sums over batches drift.
+            acc = torch.promote_types(data.dtype, torch.float32)
+            owned = data.dtype == acc and data.is_contiguous() and data.data_ptr() != 0
+            self.sums[b] = data if owned else data.to(acc, copy=True).contiguous()
 
     def end_batch(
         self, reached: Sequence[set[int]], strategy: str, fallback_reason: str | None = None
@@ -245,11 +253,12 @@ def batch_jacobian(
     `other_leaves` are tensors whose `.grad` the "backward" strategy must leave as it found them.
     """
     tensors = [t.reshape(()) for t in losses.values()]
+    names = list(losses)
     values = [float(t.detach().real) for t in tensors]
     reach = reachable_parameters(tensors, params)
     keep = retain_graph or create_graph
     if strategy == "backward" or (strategy == "auto" and reach.opaque):
-        blocks, via_grad = _backward_blocks(tensors, params, keep, other_leaves)
+        blocks, via_grad = _backward_blocks(tensors, params, keep, other_leaves, names=names)
         reached = [r | g for r, g in zip(reach.reached, via_grad, strict=True)]
         reason = (
             "reentrant activation checkpoint: autograd.grad cannot pass it"
@@ -283,7 +292,7 @@ def batch_jacobian(
                     hint="use --strategy loop (or auto, which falls back by itself)",
                 ) from None
             reason = f"vmap over backward failed: {_first_line(exc)}"
-    blocks, via_grad = _loop_blocks(tensors, params, keep, create_graph)
+    blocks, via_grad = _loop_blocks(tensors, params, keep, create_graph, names=names)
     reached = [r | g for r, g in zip(reach.reached, via_grad, strict=True)]
     return BatchJacobian(values, blocks, reached, "loop", reason)
 
@@ -311,18 +320,26 @@ def _batched_blocks(
 
 
 def _loop_blocks(
-    losses: list[torch.Tensor], params: Sequence[torch.Tensor], retain: bool, create: bool
+    losses: list[torch.Tensor],
+    params: Sequence[torch.Tensor],
+    retain: bool,
+    create: bool,
+    *,
+    names: Sequence[str] | None = None,
 ) -> tuple[list[torch.Tensor | None], list[set[int]]]:
     rows = _Rows(params, len(losses), differentiable=create)
     via_grad: list[set[int]] = []
     for i, loss in enumerate(losses):
-        grads = torch.autograd.grad(
-            loss,
-            list(params),
-            retain_graph=retain or i < len(losses) - 1,
-            create_graph=create,
-            allow_unused=True,
-        )
+        try:
+            grads = torch.autograd.grad(
+                loss,
+                list(params),
+                retain_graph=retain or i < len(losses) - 1,
+                create_graph=create,
+                allow_unused=True,
+            )
+        except Exception as exc:
+            raise backward_error(exc, names[i] if names else f"#{i}") from exc
         rows.put(i, grads)
         via_grad.append({b for b, g in enumerate(grads) if g is not None})
         del grads
@@ -334,6 +351,8 @@ def _backward_blocks(
     params: Sequence[torch.Tensor],
     retain: bool,
     other_leaves: Sequence[torch.Tensor],
+    *,
+    names: Sequence[str] | None = None,
 ) -> tuple[list[torch.Tensor | None], list[set[int]]]:
     # .backward() writes .grad into every leaf it reaches: save them all, put them back after.
     leaves = [*params, *other_leaves]
@@ -344,7 +363,10 @@ def _backward_blocks(
         for i, loss in enumerate(losses):
             for p in leaves:
                 p.grad = None
-            loss.backward(retain_graph=retain or i < len(losses) - 1)
+            try:
+                loss.backward(retain_graph=retain or i < len(losses) - 1)
+            except Exception as exc:
+                raise backward_error(exc, names[i] if names else f"#{i}") from exc
             grads = [p.grad for p in params]
             rows.put(i, grads)
             via_grad.append({b for b, g in enumerate(grads) if g is not None})
@@ -415,6 +437,21 @@ def _stack_rows(
             )
         )
     return blocks
+
+
+def backward_error(exc: BaseException, loss: str) -> GradientError:
+    """Return the one-line error for a backward pass of `loss` that raised `exc`."""
+    if "backward through the graph a second time" in str(exc):
+        return GradientError(
+            "the losses' graph was already freed by a backward pass",
+            hint="call gradtool before loss.backward(), or run that backward with "
+            "retain_graph=True",
+        )
+    return GradientError(
+        f"differentiating loss '{loss}' failed: {type(exc).__name__}: {_first_line(exc, 240)}",
+        hint="autograd raised this while running the model's backward (an in-place change of a "
+        "saved tensor, a custom backward, ...); GRADTOOL_DEBUG=1 shows the full traceback",
+    )
 
 
 def _dense(g: torch.Tensor) -> torch.Tensor:

@@ -94,8 +94,8 @@ def batch_cosine_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return (mean, std, conflict fraction) of per-batch cosines over the batch axis.
 
-    std is the population standard deviation; conflict fraction counts batches with cos < 0.
-    Batches where a cosine is undefined are left out of that entry (NaN if none remain).
+    std is the population standard deviation; conflict fraction = (batches with cos < 0) / B.
+    Mean and std leave out batches where that cosine is undefined (NaN if none remain).
     """
     cos = torch.stack([cosine(g) for g in batch_gramians])
     defined = ~torch.isnan(cos)
@@ -105,7 +105,7 @@ def batch_cosine_stats(
     var = torch.where(defined, (cos - mean) ** 2, 0.0).sum(dim=0) / count.clamp(min=1)
     std = torch.where(count > 0, torch.sqrt(var), torch.nan)
     conflict = torch.where(defined, (cos < 0).to(torch.float64), 0.0).sum(dim=0)
-    fraction = torch.where(count > 0, conflict / count.clamp(min=1), torch.nan)
+    fraction = conflict / cos.shape[0]  # of all batches: an undefined cosine is no conflict
     return mean, std, fraction
 
 

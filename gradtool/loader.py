@@ -31,7 +31,7 @@ GRADFILE_HINT = "a gradfile defines `model` and `losses(model)`; see README § G
 class LoadOptions:
     """How to build the problem from a gradfile (the CLI's shared options)."""
 
-    seed: int | None = 0
+    seed: int | None = None  # the CLI passes 0; a library caller's RNGs are left alone
     device: str = "cpu"
     checkpoint: Path | None = None
     eval_mode: bool = False

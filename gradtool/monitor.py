@@ -243,8 +243,9 @@ class Monitor:
                 hint="call monitor.step(model, losses) before loss.backward(), "
                 "or use loss.backward(retain_graph=True)",
             ) from None
-        if self._strategy == "auto" and report.meta.get("strategy") == "loop":
-            self._strategy = "loop"  # vmap failed once: do not retry it at every record
+        reason = str(report.meta.get("fallback_reason") or "")
+        if self._strategy == "auto" and reason.startswith("vmap over backward failed"):
+            self._strategy = "loop"  # vmap cannot run this model: do not retry it every record
         return report
 
     def _to_record(self, report: Report, index: int) -> Record:

@@ -19,6 +19,8 @@ from gradtool.min_norm import min_norm_weights
 
 NORMALIZERS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
 STATIONARY_TOL = 1e-6
+# (G w)_i within DERIVATIVE_RTOL * max_k G_kk * sum_k |w_k| of 0 is round-off, reported as 0.
+DERIVATIVE_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,9 @@ def pareto_solution(
     sol = min_norm_weights(g_norm)
     loss_weights = sol.weights / scale
     derivs = gramian @ loss_weights
+    diag_max = float(torch.clamp(torch.diagonal(gramian), min=0.0).max())
+    tol = DERIVATIVE_RTOL * diag_max * float(loss_weights.abs().sum())
+    derivs = torch.where(derivs.abs() <= tol, 0.0, derivs)
     raw_norm = math.sqrt(max(float(loss_weights @ gramian @ loss_weights), 0.0))
     largest = float(norms(g_norm).max())
     stationary = largest == 0.0 or sol.min_norm <= tol * largest

@@ -120,15 +120,18 @@ def validate_losses(raw: object) -> dict[str, torch.Tensor]:
                 f"loss '{name}' should be a scalar; found shape {tuple(value.shape)}",
                 hint="reduce it, e.g. with .mean() or .sum()",
             )
-        if not (value.is_floating_point() or value.is_complex()):
-            raise LossError(f"loss '{name}' should be a floating-point tensor; found {value.dtype}")
+        if not value.is_floating_point():
+            hint = "take .abs() or .real of a complex loss" if value.is_complex() else None
+            raise LossError(
+                f"loss '{name}' should be a real floating-point tensor; found {value.dtype}", hint
+            )
         if not value.requires_grad:
             raise LossError(
                 f"loss '{name}' does not require grad: it has no autograd graph to differentiate",
                 hint="it was likely detached: .detach(), .item() rebuilt with torch.tensor(...), "
                 "a torch.no_grad() block, or computed from parameters with requires_grad=False",
             )
-        number = float(value.detach().reshape(()).real)
+        number = float(value.detach().reshape(()))
         if not math.isfinite(number):
             raise LossError(
                 f"loss '{name}' is not finite ({number})",

@@ -325,16 +325,6 @@ def methods_shown(report: Report) -> bool:
     return report.methods is not None and [r.method for r in report.methods] != ["mgda"]
 
 
-def signed_text(x: float | None, mark: bool = True) -> Text:
-    """Return a signed number, green when positive, red (and '!' after) when negative."""
-    if x is None:
-        return Text(EMPTY, style="dim")
-    label = f"{x:+.4f}" if x == 0 or 1e-3 <= abs(x) < 1e4 else f"{x:+.2e}"
-    if mark and x < 0:
-        label += "!"
-    return Text(label, style="bold red" if x < 0 else "green" if x > 0 else "")
-
-
 def _rate_text(x: float | None) -> Text:
     """Return a decrease rate (G w)_i, red when negative (the loss increases)."""
     if x is None:

@@ -16,7 +16,7 @@ Reading is forgiving where a crash leaves damage and strict where the file is of
   with no record, and records whose loss names differ;
 - records repeating an earlier step (a run resumed from a checkpoint) replace the earlier ones.
 
-Torch-free: the CLI reads run logs without importing torch.
+Torch-free itself (reading a run log needs no torch; `gradtool report` imports it for the timeline).
 """
 
 from __future__ import annotations

@@ -98,3 +98,13 @@ def test_to_list_turns_nan_into_none() -> None:
 def test_as_gramian_rejects_non_square() -> None:
     with pytest.raises(ValueError, match=r"square matrix; found shape \(2, 3\)"):
         gm.as_gramian(torch.zeros(2, 3))
+
+
+def test_conflict_fraction_counts_over_every_batch() -> None:
+    """A batch where a cosine is undefined (a zero gradient) is not a conflict, but it counts."""
+    j_conflict = torch.tensor([[1.0, 0.0], [-1.0, 0.1]], dtype=torch.float64)
+    j_zero = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    grams = torch.stack([j_conflict @ j_conflict.T] + [j_zero @ j_zero.T] * 3)
+    mean, _, frac = gm.batch_cosine_stats(grams)
+    assert float(frac[0, 1]) == pytest.approx(1 / 4)
+    assert float(mean[0, 1]) == pytest.approx(float(gm.cosine(grams[0])[0, 1]))

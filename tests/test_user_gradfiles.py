@@ -150,3 +150,91 @@ def test_trivial_stationarity_from_a_zero_gradient_loss_is_called_out(
     doc = json.loads(result.stdout)
     assert doc["pareto"]["stationary"] is True
     assert any("only trivially: aux" in line for line in doc["verdict"])
+
+
+def test_complex_loss_is_an_error_naming_it(runner, write_gradfile) -> None:
+    path = write_gradfile(
+        HEADER
+        + "model = nn.Linear(2, 1)\n"
+        + "def losses(model):\n"
+        + "    y = model(torch.ones(3, 2)).mean()\n"
+        + "    return {'a': y, 'phase': y * (1 + 1j)}\n"
+    )
+    result = invoke(runner, "inspect", path)
+    assert result.exit_code == 1
+    assert "loss 'phase' should be a real floating-point tensor" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_error_inside_the_backward_is_one_line_naming_the_loss(runner, write_gradfile) -> None:
+    path = write_gradfile(
+        HEADER
+        + "model = nn.Linear(2, 2)\n"
+        + "def losses(model):\n"
+        + "    y = torch.sigmoid(model(torch.ones(3, 2)))\n"
+        + "    z = y.sum()\n"
+        + "    y.mul_(2)  # modifies a tensor sigmoid's backward needs\n"
+        + "    return {'a': z, 'b': y.mean()}\n"
+    )
+    result = invoke(runner, "inspect", path, "--json")
+    assert result.exit_code == 1
+    assert "differentiating loss 'a' failed" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_output_path_equal_to_the_gradfile_is_refused(runner, write_gradfile) -> None:
+    path = write_gradfile(HEADER + "model = nn.Linear(2, 1)\ndef losses(model):\n    return {}\n")
+    before = path.read_text()
+    result = invoke(runner, "inspect", path, "-o", path)
+    assert result.exit_code == 2
+    assert path.read_text() == before
+
+
+def test_output_file_is_readable_like_any_new_file(runner, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    out = tmp_path / "report.json"
+    samples = Path(__file__).resolve().parent.parent / "samples"
+    result = invoke(runner, "inspect", samples / "actor_critic.py", "-o", out)
+    assert result.exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_bfloat16_model_mean_over_many_batches_is_accurate() -> None:
+    from gradtool.engine import compute_gramians
+    from gradtool.problem import Problem
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 2).to(torch.bfloat16)
+    batches = [torch.randn(16, 8).to(torch.bfloat16) for _ in range(128)]
+
+    def losses(m: nn.Module, x: torch.Tensor) -> dict:
+        y = m(x).float()
+        return {"a": y[:, 0].pow(2).mean(), "b": y[:, 1].mean()}
+
+    params = list(model.parameters())
+    rows = []
+    for x in batches:
+        ls = losses(model, x)
+        rows.append(
+            torch.stack(
+                [
+                    torch.cat(
+                        [
+                            g.double().reshape(-1)
+                            for g in torch.autograd.grad(v, params, retain_graph=True)
+                        ]
+                    )
+                    for v in ls.values()
+                ]
+            )
+        )
+    j = torch.stack(rows).mean(dim=0)
+    problem = Problem(
+        model=model, losses=losses, parameters=list(model.named_parameters()), batches=batches
+    )
+    result = compute_gramians(problem)
+    torch.testing.assert_close(result.gramian, j @ j.T, rtol=1e-5, atol=1e-8)
