@@ -48,6 +48,7 @@ from gradtool.engine import Strategy, batch_jacobian
 from gradtool.errors import (
     GradientError,
     LossError,
+    NonFiniteGradientError,
     UsageError,
     UserCodeError,
     user_frames_traceback,
@@ -263,6 +264,13 @@ class _Evaluator:
             if block is not None:
                 j = block.detach().to(torch.float64)
                 gramian += (j @ j.T).cpu()
+        bad = [names[i] for i in range(m) if not math.isfinite(float(gramian[i, i]))]
+        if bad:
+            raise NonFiniteGradientError(
+                f"non-finite gradients (NaN or inf) for {', '.join(repr(b) for b in bad)}, so no "
+                "lookahead step is meaningful",
+                hint="run `gradtool inspect` on the file: it names the parameters",
+            )
         weights = {name: WEIGHTINGS[name](gramian) for name in methods}
         return _Batch(
             data=data,

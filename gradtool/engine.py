@@ -258,7 +258,8 @@ def batch_jacobian(
     reach = reachable_parameters(tensors, params)
     keep = retain_graph or create_graph
     if strategy == "backward" or (strategy == "auto" and reach.opaque):
-        blocks, via_grad = _backward_blocks(tensors, params, keep, other_leaves, names=names)
+        extra = [*other_leaves, *reach.leaves]  # e.g. inputs with requires_grad: .grad kept too
+        blocks, via_grad = _backward_blocks(tensors, params, keep, extra, names=names)
         reached = [r | g for r, g in zip(reach.reached, via_grad, strict=True)]
         reason = (
             "reentrant activation checkpoint: autograd.grad cannot pass it"
@@ -355,7 +356,8 @@ def _backward_blocks(
     names: Sequence[str] | None = None,
 ) -> tuple[list[torch.Tensor | None], list[set[int]]]:
     # .backward() writes .grad into every leaf it reaches: save them all, put them back after.
-    leaves = [*params, *other_leaves]
+    unique = {id(t): t for t in [*params, *other_leaves]}
+    leaves = list(unique.values())
     saved = [p.grad for p in leaves]
     rows = _Rows(params, len(losses), differentiable=False)
     via_grad: list[set[int]] = []

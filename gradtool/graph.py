@@ -22,6 +22,7 @@ class Reachability:
 
     reached: list[set[int]]  # per loss: indices into the parameter list
     opaque: bool
+    leaves: tuple[torch.Tensor, ...] = ()  # every leaf the graph accumulates into, selected or not
 
 
 def reachable_parameters(
@@ -62,6 +63,7 @@ def reachable_parameters(
             entering[child] += 1
     # Propagate the masks from the roots down, each node once all its parents are done.
     opaque = False
+    leaves: list[torch.Tensor] = []
     decoded: dict[int, list[int]] = {}  # mask -> its set bits (most parameters share a mask)
     ready = [node for node, count in entering.items() if count == 0]
     while ready:
@@ -69,6 +71,7 @@ def reachable_parameters(
         mask = masks.get(node, 0)
         name = type(node).__name__
         if name == "AccumulateGrad":
+            leaves.append(node.variable)
             i = index.get(id(node.variable))
             if i is not None:
                 bits = decoded.get(mask)
@@ -84,7 +87,7 @@ def reachable_parameters(
             entering[child] -= 1
             if entering[child] == 0:
                 ready.append(child)
-    return Reachability(reached=reached, opaque=opaque)
+    return Reachability(reached=reached, opaque=opaque, leaves=tuple(leaves))
 
 
 def _bits(mask: int) -> list[int]:

@@ -350,3 +350,22 @@ def test_losses_that_differentiate_inside_still_run() -> None:
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
     assert all(v is not None for row in body["affinity"] for v in row)
+
+
+def test_nonfinite_gradients_are_named_not_a_solver_failure(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from gradtool.cli import app
+
+    path = tmp_path / "nan.py"
+    path.write_text(
+        "import torch\n"
+        "model = torch.nn.Linear(2, 1)\n"
+        "def losses(m):\n"
+        "    out = m(torch.ones(1, 2)).sum()\n"
+        "    bad = torch.sqrt((m.weight - m.weight.detach()).sum().abs())\n"
+        "    return {'ok': out, 'bad': bad + out}\n"
+    )
+    result = CliRunner().invoke(app, ["affinity", str(path), "--lr", "0.1"])
+    assert result.exit_code == 1
+    assert "non-finite gradients" in result.stderr and "'bad'" in result.stderr

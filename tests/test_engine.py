@@ -347,3 +347,19 @@ def test_sparse_embedding_gradients_are_densified(strategy: str) -> None:
         return compute_gramians(problem, strategy=s)
 
     torch.testing.assert_close(run(sparse, strategy).gramians, run(dense, "loop").gramians)
+
+
+def test_backward_strategy_leaves_input_grads_as_found() -> None:
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 2))
+    x = torch.randn(4, 3, requires_grad=True)
+
+    def losses(m: nn.Module) -> dict:
+        y = checkpoint(m, x, use_reentrant=True)
+        return {"a": y[:, 0].mean(), "b": y[:, 1].pow(2).mean()}
+
+    problem = Problem(model=model, losses=losses, parameters=list(model.named_parameters()))
+    result = compute_gramians(problem)
+    assert result.strategy == "backward"
+    assert x.grad is None
+    assert all(p.grad is None for p in model.parameters())
