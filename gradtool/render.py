@@ -20,6 +20,7 @@ EMPTY = "--"
 MAX_PAIR_COLUMNS = 6
 MAX_UNUSED_LISTED = 8
 PIPED_WIDTH = 200
+MAX_LOSSES_ACROSS = 4  # beyond this many losses, per-loss columns become rows
 
 
 def fmt(x: float | None, digits: int = 4) -> str:
@@ -349,6 +350,8 @@ def methods_table(report: Report) -> Group:
     title = "Weighting methods: d = sum_i w_i g_i"
     if normalize != "none":
         title += f" (gradients normalised by {normalize}: d uses w_i / s_i)"
+    if m > MAX_LOSSES_ACROSS:
+        return _methods_by_loss(report, title)
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
@@ -390,6 +393,36 @@ def methods_table(report: Report) -> Group:
         users = ", ".join(r.method for r in with_pref)
         notes.append(Text(f"preference ({pref}) for {users}", style="dim"))
     return Group(table, *notes, Text(""))
+
+
+def _methods_by_loss(report: Report, title: str) -> Group:
+    """Return the methods table transposed (a row per loss, a column per method), for many
+    losses: the weights w_i, then the decrease rates (G w)_i; cosines stay in the JSON."""
+    results = report.methods or []
+    tables = []
+    for label, cell in (
+        ("w_i", lambda r, name: fmt(r.weights[name], 3)),
+        ("(G w)_i", lambda r, name: _rate_text(r.directional_derivatives[name])),
+    ):
+        table = Table(
+            title=f"{title}: {label}" if label == "w_i" else f"decrease rates {label} = <g_i, d>",
+            box=box.SIMPLE_HEAD,
+            title_justify="left",
+            show_footer=label != "w_i",
+        )
+        table.add_column("loss", style="bold", no_wrap=True, footer="lowers all")
+        for r in results:
+            table.add_column(r.method, justify="right", footer=_yes_no(r.decreases_all))
+        for name in report.losses:
+            table.add_row(name, *[cell(r, name) for r in results])
+        if label == "w_i":
+            table.add_row(Text("|d|", style="dim"), *[fmt(r.norm, 3) for r in results])
+        tables.append(table)
+    note = Text(
+        "(G w)_i: the first-order decrease rate of loss i along -d; lowers all: every (G w)_i >= 0",
+        style="dim",
+    )
+    return Group(*tables, note, Text(""))
 
 
 def render_affinity(report: AffinityReport, console: Console, *, verbose: bool = False) -> None:
