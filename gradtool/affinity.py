@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradtool import gramian as gm
 from gradtool._version import __version__
 from gradtool.engine import Strategy, batch_jacobian
 from gradtool.errors import (
@@ -55,7 +56,7 @@ from gradtool.errors import (
 )
 from gradtool.loader import LoadOptions, load_problem
 from gradtool.problem import Problem
-from gradtool.report import AffinityReport, Matrix, MethodStep
+from gradtool.report import AffinityReport, MethodStep, finite_or_none
 from gradtool.weightings import WEIGHTINGS
 
 DEFAULT_METHODS: tuple[str, ...] = ("mgda", "mean")
@@ -81,7 +82,7 @@ def run_affinity(
     request: AffinityRequest, progress: Callable[[int], None] | None = None
 ) -> AffinityReport:
     """Return the AffinityReport for the gradfile of `request`: load, differentiate, step."""
-    _check_lr(request.lr)
+    check_lr(request.lr)
     if request.holdout and request.load.max_batches == 1:
         raise UsageError(
             "--holdout evaluates each step on the next batch, so it needs at least 2 batches; "
@@ -162,7 +163,7 @@ def lookahead_affinity(
         UsageError: `lr` is not positive and finite, a method is unknown, or `holdout` with
             fewer than two batches.
     """
-    _check_lr(lr)
+    check_lr(lr)
     unknown = [name for name in methods if name not in WEIGHTINGS]
     if unknown:
         raise UsageError(
@@ -368,20 +369,13 @@ class _Evaluator:
             sums.nonfinite.add((label, j))
 
 
-def _check_lr(lr: float) -> None:
+def check_lr(lr: float) -> None:
+    """Raise a `UsageError` unless `lr` is a positive finite number."""
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise UsageError(
             f"--lr should be a positive number; found {lr}",
             hint="the SGD step size of the lookahead, e.g. --lr 0.1",
         )
-
-
-def _matrix(t: torch.Tensor) -> Matrix:
-    return [[_number(x) for x in row] for row in t.tolist()]
-
-
-def _number(x: float) -> float | None:
-    return x if math.isfinite(x) else None
 
 
 def _report(
@@ -431,10 +425,10 @@ def _report(
         },
         lr=float(lr),
         holdout=holdout,
-        affinity=_matrix(z),
-        affinity_first_order=_matrix(z1),
-        loss_change=_matrix(sums.change / n),
-        loss_change_first_order=_matrix(sums.change1 / n),
+        affinity=gm.to_list(z),
+        affinity_first_order=gm.to_list(z1),
+        loss_change=gm.to_list(sums.change / n),
+        loss_change_first_order=gm.to_list(sums.change1 / n),
         methods_step=steps,
     )
     report.warnings = _warnings(names, sums, lr)
@@ -444,7 +438,7 @@ def _report(
 
 
 def _named(names: Sequence[str], t: torch.Tensor) -> dict[str, float | None]:
-    return {name: _number(float(x)) for name, x in zip(names, t.tolist(), strict=True)}
+    return {name: finite_or_none(float(x)) for name, x in zip(names, t.tolist(), strict=True)}
 
 
 def _warnings(names: Sequence[str], sums: _Sums, lr: float) -> list[str]:

@@ -350,10 +350,21 @@ def _execute(
         _check_plot_path(plot)
     from gradtool.api import run_gradfile
     from gradtool.render import make_console, render_report
-    from gradtool.report import write_atomic
 
     with batch_progress() as advance, _user_prints_to_stderr():
         report = run_gradfile(request, progress=advance)
+    _emit(report, json_out, output, lambda: render_report(report, make_console(), verbose=verbose))
+    if plot is not None:
+        from gradtool.plots import plot_snapshot
+
+        path = plot_snapshot(report, plot)
+        _stderr_console().print(f"[dim]wrote {_escape(str(path))}[/]")
+
+
+def _emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], None]) -> None:
+    """Print `report`'s warnings (stderr), then its JSON or tables; write `output` atomically."""
+    from gradtool.report import write_atomic
+
     err = _stderr_console()
     for warning in report.warnings:
         err.print(f"[bold yellow]Warning:[/] {_escape(warning)}")
@@ -362,7 +373,7 @@ def _execute(
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     else:
-        render_report(report, make_console(), verbose=verbose)
+        render()
     if output is not None:
         try:
             write_atomic(output, text + "\n")
@@ -370,10 +381,6 @@ def _execute(
             raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
         if not json_out:
             err.print(f"[dim]wrote {_escape(str(output))}[/]")
-    if plot is not None:
-        from gradtool.plots import plot_snapshot
-
-        err.print(f"[dim]wrote {_escape(str(plot_snapshot(report, plot)))}[/]")
 
 
 @app.command("report")
@@ -407,32 +414,16 @@ def report_command(
         require_matplotlib()
     from gradtool.render import make_console
     from gradtool.render_timeline import render_timeline
-    from gradtool.report import write_atomic
     from gradtool.runlog import read_run
     from gradtool.timeline import build_timeline
 
     timeline = build_timeline(read_run(run))
-    err = _stderr_console()
-    for warning in timeline.warnings:
-        err.print(f"[bold yellow]Warning:[/] {_escape(warning)}")
-    text = timeline.to_json()
-    if json_out:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    else:
-        render_timeline(timeline, make_console())
-    if output is not None:
-        try:
-            write_atomic(output, text + "\n")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
-        if not json_out:
-            err.print(f"[dim]wrote {_escape(str(output))}[/]")
+    _emit(timeline, json_out, output, lambda: render_timeline(timeline, make_console()))
     if plot is not None:
         from gradtool.plots import plot_timeline
 
         for path in plot_timeline(timeline, plot):
-            err.print(f"[dim]wrote {_escape(str(path))}[/]")
+            _stderr_console().print(f"[dim]wrote {_escape(str(path))}[/]")
 
 
 def _check_plot_path(plot: Path) -> None:
@@ -580,16 +571,10 @@ def affinity(
 ) -> None:
     """Lookahead affinity: how one SGD step on each loss, or each method's direction, changes
     every loss, measured and to first order."""
-    import math
-
-    from gradtool.affinity import AffinityRequest
+    from gradtool.affinity import AffinityRequest, check_lr
     from gradtool.loader import LoadOptions
 
-    if not (math.isfinite(lr) and lr > 0):
-        raise UsageError(
-            f"--lr should be a positive number; found {lr:g}",
-            hint="the SGD step size of the lookahead, e.g. --lr 0.1",
-        )
+    check_lr(lr)  # before the gradfile runs
     methods = _methods_option(method)
     load = LoadOptions(
         seed=seed,
@@ -617,25 +602,3 @@ def affinity(
     _emit(
         report, json_out, output, lambda: render_affinity(report, make_console(), verbose=verbose)
     )
-
-
-def _emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], None]) -> None:
-    """Print `report`'s warnings (stderr), then its JSON or tables; write `output` atomically."""
-    from gradtool.report import write_atomic
-
-    err = _stderr_console()
-    for warning in report.warnings:
-        err.print(f"[bold yellow]Warning:[/] {_escape(warning)}")
-    text = report.to_json()
-    if json_out:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    else:
-        render()
-    if output is not None:
-        try:
-            write_atomic(output, text + "\n")
-        except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
-        if not json_out:
-            err.print(f"[dim]wrote {_escape(str(output))}[/]")

@@ -5,11 +5,13 @@ Undefined values (the cosine of a zero gradient) are NaN here and `null` in the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from gradtool.report import finite_or_none
 
 
 def as_gramian(matrix: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
@@ -109,9 +111,6 @@ def batch_cosine_stats(
     return mean, std, fraction
 
 
-def to_list(t: torch.Tensor) -> list:
+def to_list(t: torch.Tensor) -> Any:
     """Return a nested list of floats with NaN / inf as None (JSON's null)."""
-    if t.ndim == 0:
-        v = float(t)
-        return v if math.isfinite(v) else None  # type: ignore[return-value]
-    return [to_list(x) for x in t]
+    return finite_or_none(t.tolist())

@@ -123,20 +123,21 @@ class Report:
             body.pop("pareto")
         if self.methods is None:
             body.pop("methods")
-        return _clean({"schema_version": SCHEMA_VERSION, **body})
+        return finite_or_none({"schema_version": SCHEMA_VERSION, **body})
 
     def to_json(self, indent: int | None = 2) -> str:
         """Return the JSON document as text; strict JSON (no NaN)."""
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
-def _clean(obj: Any) -> Any:
+def finite_or_none(obj: Any) -> Any:
+    """Return `obj` with every non-finite float (NaN, inf) replaced by None, recursively."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     return obj
 
 
@@ -207,7 +208,7 @@ class AffinityReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON document as a dict (schema_version first, NaN/inf as None)."""
-        return _clean({"schema_version": SCHEMA_VERSION, **asdict(self)})
+        return finite_or_none({"schema_version": SCHEMA_VERSION, **asdict(self)})
 
     def to_json(self, indent: int | None = 2) -> str:
         """Return the JSON document as text; strict JSON (no NaN)."""

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gradtool.errors import RunLogError
+from gradtool.report import finite_or_none
 
 RUN_SCHEMA_VERSION = 1
 RUN_KIND = "gradtool.run"
@@ -304,17 +305,6 @@ def _latest_per_step(records: list[Record]) -> tuple[list[Record], int]:
     for record in records:
         by_step[record.step] = record
     return sorted(by_step.values(), key=lambda r: r.step), len(records) - len(by_step)
-
-
-def finite_or_none(obj: Any) -> Any:
-    """Return `obj` with every non-finite float (NaN, inf) replaced by None, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    return obj
 
 
 class _Checker:

@@ -20,7 +20,8 @@ import torch
 
 from gradtool import gramian as gm
 from gradtool.pareto import pareto_solution
-from gradtool.runlog import Record, RunLog, finite_or_none
+from gradtool.report import finite_or_none
+from gradtool.runlog import Record, RunLog
 
 SCHEMA_VERSION = 1
 TREND_POINTS = 10  # points of the downsampled series shown as sparklines
