@@ -51,8 +51,6 @@ from gradtool.errors import (
     LossError,
     NonFiniteGradientError,
     UsageError,
-    UserCodeError,
-    user_frames_traceback,
 )
 from gradtool.loader import LoadOptions, load_problem
 from gradtool.problem import Problem
@@ -298,19 +296,7 @@ class _Evaluator:
 
     def _values(self, data: Any) -> list[float]:
         """Return the losses' values for one batch, checked against the names seen first."""
-        problem = self.problem
-        args = (problem.model,) if data is None else (problem.model, data)
-        try:
-            raw = problem.losses(*args)
-        except Exception as exc:
-            if problem.source is None:
-                raise
-            call = "losses(model)" if data is None else "losses(model, batch)"
-            raise UserCodeError(
-                f"{call} raised {type(exc).__name__} after a lookahead step: {exc}",
-                user_frames_traceback(exc, problem.source),
-                hint=f"the traceback above is from {problem.source}",
-            ) from exc
+        raw = self.problem.call_losses(data, when=" after a lookahead step")
         if not isinstance(raw, Mapping) or list(raw) != self.names:
             found = list(raw) if isinstance(raw, Mapping) else type(raw).__name__
             raise LossError(

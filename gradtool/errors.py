@@ -53,6 +53,17 @@ class UserCodeError(GradtoolError):
         super().__init__(message, hint)
         self.traceback = traceback
 
+    @classmethod
+    def raised(
+        cls, what: str, exc: BaseException, source: Path, hint: str | None = None, when: str = ""
+    ) -> UserCodeError:
+        """Return the error for `what` (e.g. "losses(model)") raising `exc` in `source`."""
+        return cls(
+            f"{what} raised {type(exc).__name__}{when}: {exc}",
+            user_frames_traceback(exc, source),
+            hint=hint,
+        )
+
 
 def user_frames_traceback(exc: BaseException, gradfile: Path) -> str:
     """Return the formatted traceback of `exc`, starting at the first frame inside `gradfile`.

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradtool.errors import GradfileError, UsageError, UserCodeError, user_frames_traceback
+from gradtool.errors import GradfileError, UsageError, UserCodeError
 from gradtool.problem import Problem
 
 GRADFILE_HINT = "a gradfile defines `model` and `losses(model)`; see README § Gradfiles"
@@ -77,9 +77,10 @@ def import_gradfile(path: Path) -> types.ModuleType:
         sys.modules.pop(module_name, None)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise UserCodeError(
-            f"running {path} raised {type(exc).__name__}: {exc}",
-            user_frames_traceback(exc, path),
+        raise UserCodeError.raised(
+            f"running {path}",
+            exc,
+            path,
             hint=f"the traceback above is from {path}; gradtool runs the file to load it",
         ) from exc
     finally:
@@ -210,9 +211,10 @@ def _resolve_model(obj: Any, path: Path) -> nn.Module:
         try:
             built = obj()
         except (Exception, SystemExit) as exc:
-            raise UserCodeError(
-                f"model() raised {type(exc).__name__}: {exc}",
-                user_frames_traceback(exc, path),
+            raise UserCodeError.raised(
+                "model()",
+                exc,
+                path,
                 hint="`model` may be a zero-argument callable returning an nn.Module",
             ) from exc
         if isinstance(built, nn.Module):
@@ -233,9 +235,10 @@ def _resolve_batches(obj: Any, path: Path) -> Iterable[Any]:
         try:
             obj = obj()
         except (Exception, SystemExit) as exc:
-            raise UserCodeError(
-                f"batches() raised {type(exc).__name__}: {exc}",
-                user_frames_traceback(exc, path),
+            raise UserCodeError.raised(
+                "batches()",
+                exc,
+                path,
                 hint="`batches` may be an iterable or a zero-argument callable returning one",
             ) from exc
     if isinstance(obj, (str, bytes, Mapping)) or not isinstance(obj, Iterable):
@@ -273,10 +276,7 @@ def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, n
     try:
         returned = fn(model)
     except (Exception, SystemExit) as exc:
-        raise UserCodeError(
-            f"parameters(model) raised {type(exc).__name__}: {exc}",
-            user_frames_traceback(exc, path),
-        ) from exc
+        raise UserCodeError.raised("parameters(model)", exc, path) from exc
     if isinstance(returned, (str, bytes, Mapping, torch.Tensor)) or not isinstance(
         returned, Iterable
     ):
@@ -288,10 +288,7 @@ def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, n
     try:
         items = list(returned)
     except (Exception, SystemExit) as exc:
-        raise UserCodeError(
-            f"iterating parameters(model) raised {type(exc).__name__}: {exc}",
-            user_frames_traceback(exc, path),
-        ) from exc
+        raise UserCodeError.raised("iterating parameters(model)", exc, path) from exc
     names_by_id = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     out: list[tuple[str, nn.Parameter]] = []
     seen: set[int] = set()

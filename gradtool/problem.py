@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradtool.errors import LossError, UserCodeError, user_frames_traceback
+from gradtool.errors import LossError, UserCodeError
 
 LossesFn = Callable[..., Mapping[str, torch.Tensor]]
 
@@ -60,28 +60,31 @@ class Problem:
     def _batches_error(self, exc: Exception, index: int) -> UserCodeError:
         """Return the error to raise when iterating the user's `batches` raised `exc`."""
         assert self.source is not None
-        return UserCodeError(
-            f"iterating `batches` raised {type(exc).__name__} while fetching batch #{index + 1} "
-            f"(index {index}): {exc}",
-            user_frames_traceback(exc, self.source),
+        return UserCodeError.raised(
+            "iterating `batches`",
+            exc,
+            self.source,
             hint=f"the traceback above is from {self.source}",
+            when=f" while fetching batch #{index + 1} (index {index})",
         )
 
-    def evaluate(self, batch: Any) -> dict[str, torch.Tensor]:
-        """Return the validated losses for one batch (`batch` is None without batches)."""
+    def call_losses(self, batch: Any, *, when: str = "") -> object:
+        """Return what `losses(model[, batch])` returns, unchecked; an exception raised in the
+        gradfile becomes a `UserCodeError` showing its frames (`when` says at which stage)."""
         args = (self.model,) if batch is None else (self.model, batch)
         try:
-            raw = self.losses(*args)
+            return self.losses(*args)
         except (Exception, SystemExit) as exc:
             if self.source is None:
                 raise
             call = "losses(model)" if batch is None else "losses(model, batch)"
-            raise UserCodeError(
-                f"{call} raised {type(exc).__name__}: {exc}",
-                user_frames_traceback(exc, self.source),
-                hint=f"the traceback above is from {self.source}",
+            raise UserCodeError.raised(
+                call, exc, self.source, hint=f"the traceback above is from {self.source}", when=when
             ) from exc
-        checked = validate_losses(raw)
+
+    def evaluate(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Return the validated losses for one batch (`batch` is None without batches)."""
+        checked = validate_losses(self.call_losses(batch))
         names = list(checked)
         if self._names is None:
             self._names = names
