@@ -28,9 +28,8 @@ WEAK_CONFLICT = 0.05  # |cos| below this reads as "nearly orthogonal" in the ver
 
 @dataclass(frozen=True)
 class ParetoOptions:
-    """Which weighting and normalisation the Pareto section uses."""
+    """The Pareto section (always the exact MGDA solution) and the methods compared beside it."""
 
-    method: str = "mgda"
     normalize: str = "none"
     tol: float = STATIONARY_TOL
     # The weighting methods compared side by side (`Report.methods`; gradtool.compare).
@@ -72,18 +71,20 @@ def build_report(
     for group in gm.group_by_module(result.param_names, depth):
         g_layer = result.gramians[list(group.indices)].sum(dim=0)
         n_layer = gm.norms(g_layer)
+        cos_layer = gm.cosine(g_layer)
         layers.append(
             LayerStats(
                 name=group.name,
                 numel=sum(result.param_numels[b] for b in group.indices),
                 norms={name: float(n_layer[i]) for i, name in enumerate(names)},
-                cosine=gm.to_list(gm.cosine(g_layer)),
+                cosine=gm.to_list(cos_layer),
                 dot=gm.to_list(g_layer),
                 parameters=[result.param_names[b] for b in group.indices],
                 reached={
                     name: bool(reached[list(group.indices), i].any())
                     for i, name in enumerate(names)
                 },
+                lowest_pair=gm.lowest_pair(cos_layer),
             )
         )
     batch_stats = None
@@ -136,11 +137,9 @@ def build_report(
 def _pareto_report(
     g: torch.Tensor, loss_values: Sequence[float], names: Sequence[str], options: ParetoOptions
 ) -> ParetoReport:
-    if options.method != "mgda":
-        raise ValueError(f"unknown Pareto method {options.method!r}")
     sol = pareto_solution(g, loss_values, names, normalize=options.normalize, tol=options.tol)
     return ParetoReport(
-        method=options.method,
+        method="mgda",
         normalize=options.normalize,
         weights=dict(zip(names, sol.weights.tolist(), strict=True)),
         loss_weights=dict(zip(names, sol.loss_weights.tolist(), strict=True)),

@@ -39,6 +39,17 @@ def cosine(g: torch.Tensor) -> torch.Tensor:
     return cos
 
 
+def lowest_pair(cos: torch.Tensor) -> tuple[int, int] | None:
+    """Return (i, j), i < j, of the lowest defined off-diagonal cosine; None if there is none."""
+    m = cos.shape[0]
+    upper = torch.triu(torch.ones(m, m, dtype=torch.bool), diagonal=1) & ~torch.isnan(cos)
+    if not bool(upper.any()):
+        return None
+    masked = torch.where(upper, cos, torch.inf)
+    flat = int(torch.argmin(masked))
+    return flat // m, flat % m
+
+
 def angle_deg(cos: torch.Tensor) -> torch.Tensor:
     """Return the angle arccos(cos) in degrees (NaN stays NaN)."""
     return torch.rad2deg(torch.arccos(torch.clamp(cos, -1.0, 1.0)))

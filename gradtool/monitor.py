@@ -39,8 +39,6 @@ from gradtool.runlog import LayerRecord, ParetoRecord, Record, run_header
 NamedParameters = Iterable[tuple[str, nn.Parameter]]
 ParametersArg = NamedParameters | Callable[[nn.Module], NamedParameters] | None
 
-_FREED_GRAPH = "backward through the graph a second time"
-
 
 class Monitor:
     """Records the gradient analysis of a model's losses every `every` steps to a JSON-lines file.
@@ -235,14 +233,6 @@ class Monitor:
                 stacklevel=3,
             )
             return None
-        except RuntimeError as exc:
-            if _FREED_GRAPH not in str(exc):
-                raise
-            raise GradientError(
-                "Monitor.step needs the losses' graph, but it was already freed by a backward",
-                hint="call monitor.step(model, losses) before loss.backward(), "
-                "or use loss.backward(retain_graph=True)",
-            ) from None
         reason = str(report.meta.get("fallback_reason") or "")
         if self._strategy == "auto" and reason.startswith("vmap over backward failed"):
             self._strategy = "loop"  # vmap cannot run this model: do not retry it every record

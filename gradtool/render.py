@@ -14,7 +14,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from gradtool.report import AffinityReport, LayerStats, Matrix, Report
+from gradtool.report import AffinityReport, LayerStats, Report
 
 EMPTY = "--"
 MAX_PAIR_COLUMNS = 6
@@ -181,13 +181,16 @@ def _layers_table(report: Report) -> Table:
     pairs = _pair_columns(names)
     depth = report.depth
     title = "Layers" + (f" (depth {depth})" if depth is not None else "")
-    if len(names) > 2:
+    norm_columns = len(names) <= MAX_LOSSES_ACROSS
+    if not norm_columns:
+        title += ", norms per loss in --json"
+    elif len(names) > 2:
         title += ": " + ", ".join(f"[{k}] {name}" for k, name in enumerate(names))
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_footer=True)
     table.add_column("module", footer="total", style="bold", no_wrap=True)
     table.add_column("params", justify="right", footer=f"{report.parameters['numel']:,}")
     totals = {name: report.gradients[name].norm for name in names}
-    for k, name in enumerate(names):
+    for k, name in enumerate(names if norm_columns else []):
         label = f"|g| {name}" if len(names) <= 2 else f"|g| [{k}]"
         table.add_column(label, justify="right", footer=fmt(totals[name]))
     few = len(pairs) <= MAX_PAIR_COLUMNS
@@ -201,12 +204,13 @@ def _layers_table(report: Report) -> Table:
     for layer in report.layers:
         row: list[str | Text] = [layer.name, f"{layer.numel:,}"]
         row += [
-            fmt(layer.norms[name]) if layer.reached.get(name, True) else EMPTY for name in names
+            fmt(layer.norms[name]) if layer.reached.get(name, True) else EMPTY
+            for name in (names if norm_columns else [])
         ]
         if few:
             row += [cos_text(layer.cosine[i][j]) for i, j in pairs]
         elif pairs:
-            row.append(_lowest_pair(layer, names))
+            row.append(_lowest_pair(layer))
         table.add_row(*row)
     return table
 
@@ -215,18 +219,11 @@ def _footer_cos(c: float | None) -> str:
     return EMPTY if c is None else f"{c:+.2f}"
 
 
-def _lowest_pair(layer: LayerStats, names: Sequence[str]) -> Text:
-    cos: Matrix = layer.cosine
-    found = [
-        (c, i, j)
-        for i in range(len(names))
-        for j in range(i + 1, len(names))
-        if (c := cos[i][j]) is not None
-    ]
-    if not found:
+def _lowest_pair(layer: LayerStats) -> Text:
+    if layer.lowest_pair is None:
         return Text(EMPTY, style="dim")
-    c, i, j = min(found)
-    return cos_text(c) + Text(f" ({i}~{j})", style="dim")
+    i, j = layer.lowest_pair
+    return cos_text(layer.cosine[i][j]) + Text(f" ({i}~{j})", style="dim")
 
 
 def _unused_table(report: Report) -> Table | None:

@@ -40,6 +40,7 @@ class LayerStats:
     dot: Matrix
     parameters: list[str]
     reached: dict[str, bool] = field(default_factory=dict)  # loss -> reaches some parameter here
+    lowest_pair: tuple[int, int] | None = None  # (i, j) of the lowest cosine here
 
 
 @dataclass
