@@ -45,7 +45,7 @@ from torch import nn
 
 from gradtool import gramian as gm
 from gradtool._version import __version__
-from gradtool.engine import Strategy, batch_jacobian
+from gradtool.engine import Strategy, batch_jacobian, block_gramian
 from gradtool.errors import (
     GradientError,
     LossError,
@@ -261,8 +261,7 @@ class _Evaluator:
         gramian = torch.zeros(m, m, dtype=torch.float64)
         for block in blocks:
             if block is not None:
-                j = block.detach().to(torch.float64)
-                gramian += (j @ j.T).cpu()
+                gramian += block_gramian(block).cpu()
         bad = [names[i] for i in range(m) if not math.isfinite(float(gramian[i, i]))]
         if bad:
             raise NonFiniteGradientError(

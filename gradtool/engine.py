@@ -164,7 +164,7 @@ class GramianAccumulator:
         elif not keep:
             raise RuntimeError("keep=False is only for a single batch")
         else:
-            block_gramian = _block_gramian(block)
+            block_gramian = block_gramian(block)
         self.batch_gramian += block_gramian.cpu()
         if keep:
             data = block.detach()
@@ -469,11 +469,11 @@ def _all_finite(blocks: Sequence[torch.Tensor | None]) -> bool:
     )
 
 
-# Values converted to float64 at a time by `_block_gramian` (2 MiB): the copy stays in cache.
+# Values converted to float64 at a time by `block_gramian` (2 MiB): the copy stays in cache.
 _GRAMIAN_CHUNK = 1 << 18
 
 
-def _block_gramian(block: torch.Tensor) -> torch.Tensor:
+def block_gramian(block: torch.Tensor) -> torch.Tensor:
     """Return J J^T in float64 for one (m, numel) Jacobian block."""
     return _block_stats(block, with_max=False)[0]
 
