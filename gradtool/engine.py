@@ -157,15 +157,15 @@ class GramianAccumulator:
         if self.batch_gramian is None:
             raise RuntimeError("add_block outside begin_batch / end_batch")
         if self.count == 0:
-            block_gramian, block_max = _block_stats(block)
-            self.first_stats[b] = (block_gramian.cpu(), block_max.cpu())
+            gram, block_max = _block_stats(block)
+            self.first_stats[b] = (gram.cpu(), block_max.cpu())
             if not keep:
                 self.unkept[b] = _nonfinite_counts(block, self.first_stats[b][0])
         elif not keep:
             raise RuntimeError("keep=False is only for a single batch")
         else:
-            block_gramian = block_gramian(block)
-        self.batch_gramian += block_gramian.cpu()
+            gram = block_gramian(block)
+        self.batch_gramian += gram.cpu()
         if keep:
             data = block.detach()
             total = self.sums[b]
@@ -215,8 +215,8 @@ class GramianAccumulator:
             if total is None:
                 continue
             mean = total.div_(count) if count > 1 else total  # the sums are ours: in place
-            block_gramian, block_max = _block_stats(mean) if count > 1 or first is None else first
-            gramians[b] = block_gramian.cpu()
+            gram, block_max = _block_stats(mean) if count > 1 or first is None else first
+            gramians[b] = gram.cpu()
             nonfinite[b] = _nonfinite_counts(mean, gramians[b])
             max_abs = torch.maximum(max_abs, block_max.to(torch.float64).cpu())
             self.sums[b] = None  # free the block as soon as its Gramian is formed
