@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, git_describe, header, median, table, write_section
 
-from gradtool.min_norm import min_norm_weights
+from gradtool.linalg.min_norm import min_norm_weights
 
 
 def gramians(m: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
-"""The library face of the commands: a typed request in, a `Report` out.
+"""The use cases the CLI and the library share: a typed request in, a result document out.
 
-The CLI parses options into an `InspectRequest` and calls `run_gradfile`; Python users can do
-the same, or build a `Problem` themselves.
+`run_gradfile` (inspect, pareto), `run_affinity` (affinity) and `run_report` (report on a run log)
+each load what they need, compute, and return plain data; `analyze` does the same for live loss
+tensors of a training step. The CLI parses options into these requests and words the results.
 """
 
 from __future__ import annotations
@@ -9,15 +10,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gradtool._version import __version__
-from gradtool.analysis import DEFAULT_DEPTH, ParetoOptions, build_report
-from gradtool.engine import GramianAccumulator, Strategy, batch_jacobian, compute_gramians
-from gradtool.loader import LoadOptions, load_problem
-from gradtool.problem import validate_losses
-from gradtool.report import Report
+from gradtool.analysis import (
+    DEFAULT_DEPTH,
+    DEFAULT_METHODS,
+    ParetoOptions,
+    build_report,
+    build_timeline,
+    lookahead_affinity,
+    pareto_options,
+)
+from gradtool.analysis.affinity import check_lr
+from gradtool.engine import Strategy, compute_gramians
+from gradtool.errors import UsageError, opt
+from gradtool.problem import LoadOptions, Problem, load_problem
+from gradtool.results import AffinityReport, Report, TimelineReport, read_run
 
 
 @dataclass(frozen=True)
@@ -30,7 +41,19 @@ class InspectRequest:
     depth: int | None = DEFAULT_DEPTH
     strategy: Strategy = "auto"
     pareto: ParetoOptions | None = None
-    low_memory: bool = False  # per-block Gramians as gradients arrive (gradtool.low_memory)
+    low_memory: bool = False  # per-block Gramians as gradients arrive (gradtool.engine.low_memory)
+
+
+@dataclass(frozen=True)
+class AffinityRequest:
+    """One `affinity` run on a gradfile: the step size, the methods, same-batch or holdout."""
+
+    gradfile: Path
+    lr: float
+    load: LoadOptions = field(default_factory=LoadOptions)
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    holdout: bool = False
+    strategy: Strategy = "auto"
 
 
 def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None = None) -> Report:
@@ -40,8 +63,7 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
         problem, strategy=request.strategy, progress=progress, low_memory=request.low_memory
     )
     meta: dict[str, object] = {
-        "gradtool_version": __version__,
-        "torch_version": torch.__version__,
+        **_versions(),
         "gradfile": str(request.gradfile),
         "device": str(problem.device),
         "seed": request.load.seed,
@@ -57,36 +79,73 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
     )
 
 
+def run_affinity(
+    request: AffinityRequest, progress: Callable[[int], None] | None = None
+) -> AffinityReport:
+    """Return the AffinityReport for the gradfile of `request`: load, differentiate, step."""
+    check_lr(request.lr)
+    if request.holdout and request.load.max_batches == 1:
+        raise UsageError(
+            f"{opt('holdout')} evaluates each step on the next batch, so it needs at least 2 "
+            f"batches; {opt('max_batches', 1)} gives one",
+            hint=f"raise {opt('max_batches')}, or drop {opt('holdout')} to evaluate on the same "
+            "batch",
+            option="holdout",
+        )
+    problem = load_problem(request.gradfile, request.load)
+    report = lookahead_affinity(
+        problem,
+        request.lr,
+        methods=request.methods,
+        holdout=request.holdout,
+        strategy=request.strategy,
+        seed=request.load.seed or 0,
+        progress=progress,
+    )
+    report.meta.update(
+        {
+            **_versions(),
+            "gradfile": str(request.gradfile),
+            "device": str(problem.device),
+            "seed": request.load.seed,
+            "eval_mode": request.load.eval_mode,
+        }
+    )
+    return report
+
+
+def run_report(run: Path | str) -> TimelineReport:
+    """Return the TimelineReport of the run log at `run` (a Monitor's JSON lines)."""
+    return build_timeline(read_run(run))
+
+
 def analyze(
     model: torch.nn.Module,
     losses: Mapping[str, torch.Tensor],
     *,
-    parameters: Iterable[tuple[str, torch.nn.Parameter]] | None = None,
+    parameters: Iterable[Any] | None = None,
     depth: int | None = DEFAULT_DEPTH,
-    pareto: ParetoOptions | None = None,
+    pareto: ParetoOptions | bool | None = None,
     strategy: Strategy = "auto",
     retain_graph: bool = True,
 ) -> Report:
     """Return the Report for live loss tensors of `model`, as `gradtool inspect` would.
 
     `losses` maps names to scalar tensors that share the model's graph; `parameters` defaults to
-    every parameter of `model` that requires grad. The graph is retained (so the caller's own
-    `backward` still works) unless `retain_graph=False`; no `.grad` is touched.
+    every parameter of `model` that requires grad. `pareto`: True (or `ParetoOptions`) adds the
+    MGDA section. The graph is retained (so the caller's own `backward` still works) unless
+    `retain_graph=False`; no `.grad` is touched.
     """
-    checked = validate_losses(losses)
-    named = (
-        [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if parameters is None
-        else list(parameters)
+    problem = Problem.live(model, losses, parameters)
+    result = compute_gramians(problem, strategy=strategy, retain_graph=retain_graph)
+    return build_report(
+        result,
+        command="analyze",
+        depth=depth,
+        pareto=pareto_options(pareto),
+        meta=_versions(),
     )
-    params = [p for _, p in named]
-    selected = {id(p) for p in params}
-    others = [p for p in model.parameters() if id(p) not in selected]
-    acc = GramianAccumulator(named)
-    jac = batch_jacobian(
-        checked, params, strategy=strategy, retain_graph=retain_graph, other_leaves=others
-    )
-    acc.add(list(checked), jac)
-    del jac
-    meta: dict[str, object] = {"gradtool_version": __version__, "torch_version": torch.__version__}
-    return build_report(acc.result(), command="analyze", depth=depth, pareto=pareto, meta=meta)
+
+
+def _versions() -> dict[str, object]:
+    return {"gradtool_version": __version__, "torch_version": torch.__version__}

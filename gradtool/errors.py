@@ -1,23 +1,96 @@
-"""The failures gradtool expects, each carrying one clear line, a hint and an exit code.
+"""The failures gradtool expects: each a kind, the fields it is about, one line and a hint.
 
-The CLI maps every `GradtoolError` to `Error: ...` / `Hint: ...` on stderr and its exit code, in one
-place; anything else is a bug and keeps its traceback.
+An error carries structured fields (`loss`, `parameter`, `option`, `reason`) and a message worded
+once, with the options it mentions marked by `opt(...)`. A Python caller reads the message with
+options named as keyword arguments (`strategy='loop'`); the CLI words the same error with its
+flags (`--strategy loop`) through `GradtoolError.worded`. Anything that is not a `GradtoolError`
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
+
+# An option reference inside a message: \x1fopt:NAME\x1f or \x1fopt:NAME=VALUE\x1f.
+_OPTION = re.compile(r"\x1fopt:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:=(?P<value>[^\x1f]*))?\x1f")
+_NO_VALUE = object()
+
+OptionWording = Callable[[str, "str | None"], str]
+
+
+def opt(name: str, value: object = _NO_VALUE) -> str:
+    """Return a reference to option `name` (optionally with `value`) for an error message.
+
+    `name` is the Python keyword (`strategy`, `normalize`, `params`); each caller words it its way.
+    """
+    if value is _NO_VALUE:
+        return f"\x1fopt:{name}\x1f"
+    return f"\x1fopt:{name}={value}\x1f"
+
+
+def python_option(name: str, value: str | None) -> str:
+    """Word an option reference for Python callers: `strategy='loop'`, or `strategy` alone."""
+    if value is None:
+        return name
+    return f"{name}={value!r}" if not _is_number(value) else f"{name}={value}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def word(text: str, wording: OptionWording = python_option) -> str:
+    """Return `text` with its option references worded by `wording(name, value)`."""
+    return _OPTION.sub(lambda m: wording(m["name"], m["value"]), text)
 
 
 class GradtoolError(Exception):
-    """An expected failure: a message, an optional hint, and the process exit code."""
+    """An expected failure: a message, an optional hint, the fields it is about, an exit code.
+
+    `loss`, `parameter`, `option` (the Python keyword) and `reason` (a short machine-readable
+    cause) let callers act on the error without reading its text.
+    """
 
     exit_code: int = 1
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        loss: str | None = None,
+        parameter: str | None = None,
+        option: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.template = message
+        self.hint_template = hint
+        self.loss = loss
+        self.parameter = parameter
+        self.option = option
+        self.reason = reason
+        super().__init__(word(message))
+
+    @property
+    def message(self) -> str:
+        """Return the message, options worded for Python callers."""
+        return word(self.template)
+
+    @property
+    def hint(self) -> str | None:
+        """Return the hint, options worded for Python callers (None without one)."""
+        return None if self.hint_template is None else word(self.hint_template)
+
+    def worded(self, wording: OptionWording) -> tuple[str, str | None]:
+        """Return (message, hint) with the options worded by `wording` (e.g. as CLI flags)."""
+        hint = None if self.hint_template is None else word(self.hint_template, wording)
+        return word(self.template, wording), hint
 
 
 class GradfileError(GradtoolError):
@@ -40,8 +113,20 @@ class RunLogError(GradtoolError):
     """A run log (the Monitor's JSON lines) is missing, empty, or of another schema (exit 1)."""
 
 
-class UsageError(GradtoolError):
-    """Bad command-line usage: an option value out of range, a pattern matching nothing (exit 2)."""
+class WeightingError(GradtoolError):
+    """A weighting method's solver failed on this Gramian (exit 1)."""
+
+
+class MissingDependencyError(GradtoolError):
+    """An optional package a feature needs is not installed (exit 1); the hint says what to
+    install."""
+
+
+class UsageError(GradtoolError, ValueError):
+    """A bad option value: out of range, a pattern matching nothing, a wrong combination (exit 2).
+
+    It is also a `ValueError`, what Python code expects of a bad argument value.
+    """
 
     exit_code = 2
 
@@ -50,7 +135,7 @@ class UserCodeError(GradtoolError):
     """An exception raised inside the user's gradfile; `traceback` holds only the user's frames."""
 
     def __init__(self, message: str, traceback: str, hint: str | None = None) -> None:
-        super().__init__(message, hint)
+        super().__init__(message, hint, reason="user_code")
         self.traceback = traceback
 
     @classmethod

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from gradtool.runlog import LayerRecord, ParetoRecord, Record
+from gradtool.results.runlog import LayerRecord, ParetoRecord, Record
 
 Vectors = Mapping[str, Sequence[float]]
 

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from gradtool.affinity import lookahead_affinity
+from gradtool.analysis import lookahead_affinity
 from gradtool.cli import app
+from gradtool.cli.errors import cli_option
 from gradtool.errors import UsageError
-from gradtool.min_norm import min_norm_weights
+from gradtool.linalg.min_norm import min_norm_weights
 from gradtool.problem import Problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -240,15 +241,16 @@ def test_diverging_step_is_reported_not_raised() -> None:
 
     model = make_model()
     report = lookahead_affinity(make_problem(model, make_batches(1), losses=exploding), 1e6)
-    assert any("non-finite" in w and "smaller --lr" in w for w in report.warnings)
+    assert any("non-finite" in w and "smaller lr" in w for w in report.warnings)
     json.loads(report.to_json())  # strict JSON: NaN / inf became null
 
 
 def test_bad_lr_is_a_usage_error() -> None:
     model = make_model()
     for lr in (0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(UsageError, match="--lr should be a positive number"):
+        with pytest.raises(UsageError, match=r"^lr should be a positive number") as info:
             lookahead_affinity(make_problem(model, make_batches(1)), lr)
+        assert info.value.worded(cli_option)[0].startswith("--lr should be a positive number")
 
 
 def test_multitask_sample_verdict_compares_mgda_and_mean() -> None:

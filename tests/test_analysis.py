@@ -39,7 +39,6 @@ def result_from_blocks(
         batch_gramians=batch_gramians,
         num_batches=1 if batch_gramians is None else batch_gramians.shape[0],
         strategy="batched",
-        fallback_reason=None,
     )
 
 

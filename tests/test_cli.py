@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 import gradtool
 from gradtool.cli import app
-from gradtool.loader import LoadOptions, load_problem
+from gradtool.problem import LoadOptions, load_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"

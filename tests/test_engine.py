@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gradtool import engine
 from gradtool.engine import batch_jacobian, compute_gramians
+from gradtool.engine import jacobian as engine
 from gradtool.errors import GradientError
 from gradtool.problem import Problem
 

@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from gradtool import gramian as gm
+from gradtool.analysis.convert import to_list
+from gradtool.analysis.layers import group_by_module
+from gradtool.linalg import gramian as gm
 
 
 def vectors() -> torch.Tensor:
@@ -53,21 +55,21 @@ def test_cosine_is_scale_invariant_and_permutation_equivariant() -> None:
 
 def test_group_by_module_depth() -> None:
     names = ["trunk.0.weight", "trunk.0.bias", "trunk.2.weight", "heads.a.weight", "scale"]
-    full = gm.group_by_module(names, None)
+    full = group_by_module(names, None)
     assert [(x.name, x.indices) for x in full] == [
         ("trunk.0", (0, 1)),
         ("trunk.2", (2,)),
         ("heads.a", (3,)),
         ("(root)", (4,)),
     ]
-    one = gm.group_by_module(names, 1)
+    one = group_by_module(names, 1)
     assert [(x.name, x.indices) for x in one] == [
         ("trunk", (0, 1, 2)),
         ("heads", (3,)),
         ("(root)", (4,)),
     ]
     with pytest.raises(ValueError, match="depth"):
-        gm.group_by_module(names, 0)
+        group_by_module(names, 0)
 
 
 def test_batch_cosine_stats_brute_force() -> None:
@@ -89,7 +91,7 @@ def test_batch_cosine_stats_brute_force() -> None:
 
 
 def test_to_list_turns_nan_into_none() -> None:
-    assert gm.to_list(torch.tensor([[1.0, float("nan")], [float("inf"), 2.0]])) == [
+    assert to_list(torch.tensor([[1.0, float("nan")], [float("inf"), 2.0]])) == [
         [1.0, None],
         [None, 2.0],
     ]

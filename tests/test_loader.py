@@ -11,10 +11,17 @@ import pytest
 import torch
 from torch import nn
 
+from gradtool.cli.errors import cli_option
 from gradtool.engine import compute_gramians
 from gradtool.errors import GradfileError, GradientError, LossError, UsageError, UserCodeError
-from gradtool.loader import LoadOptions, import_gradfile, load_problem, select_parameters
-from gradtool.problem import Problem, validate_losses
+from gradtool.problem import (
+    LoadOptions,
+    Problem,
+    import_gradfile,
+    load_problem,
+    select_parameters,
+    validate_losses,
+)
 
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
 SAMPLE_NAMES = ("multitask", "checkpointed", "meta", "actor_critic", "batches")
@@ -311,8 +318,9 @@ def test_batches_generator_raising_midway_is_a_user_code_error(write_gradfile) -
 
 def test_max_batches_below_one_is_a_usage_error(write_gradfile) -> None:
     path = write_gradfile(HEADER + "model = nn.Linear(3, 1)\nbatches = [1]\n" + BATCH_LOSSES)
-    with pytest.raises(UsageError, match="--batches"):
+    with pytest.raises(UsageError, match=r"^max_batches should be at least 1") as info:
         load_problem(path, LoadOptions(max_batches=0))
+    assert info.value.worded(cli_option)[0].startswith("--batches should be at least 1")
 
 
 # --- parameters --------------------------------------------------------------------------------

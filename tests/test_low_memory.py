@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from gradtool.engine import EngineResult, GramianAccumulator, compute_gramians
+from gradtool.engine.low_memory import hooks_available
 from gradtool.errors import GradientError
-from gradtool.low_memory import hooks_available
 from gradtool.problem import Problem
 
 pytestmark = pytest.mark.skipif(

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 import gradtool
-import gradtool.api
+import gradtool.monitoring.monitor
 from gradtool import Monitor
 from gradtool.errors import GradientError, LossError
-from gradtool.runlog import read_run
+from gradtool.results.runlog import read_run
 
 STEPS = 12
 EVERY = 3
@@ -120,13 +120,13 @@ def test_skipped_steps_never_call_the_analysis(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    real = gradtool.api.analyze
+    real = gradtool.monitoring.monitor.compute_gramians
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gradtool.api, "analyze", counting)
+    monkeypatch.setattr(gradtool.monitoring.monitor, "compute_gramians", counting)
     model = TwoHeads()
     with Monitor(tmp_path / "run.jsonl", every=5) as monitor:
         results = [monitor.step(model, task_losses(model)) for _ in range(12)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gradtool.errors import LossError
-from gradtool.pareto import normalization_scale, pareto_solution
+from gradtool.linalg.pareto import normalization_scale, pareto_solution
 
 J_REF = torch.tensor([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]], dtype=torch.float64)
 G_REF = torch.tensor([[18.0, -22.0], [-22.0, 38.0]], dtype=torch.float64)

@@ -10,8 +10,9 @@ import torch
 from runlog_samples import conflict_run, make_record, unit
 
 import gradtool
+from gradtool.analysis import build_timeline
 from gradtool.errors import GradtoolError
-from gradtool.plots import TIMELINE_FIGURES, plot_snapshot, plot_timeline
+from gradtool.render.plots import TIMELINE_FIGURES, plot_snapshot, plot_timeline
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -30,7 +31,7 @@ def assert_png(path: Path) -> None:
 
 
 def test_timeline_figures_are_valid_pngs(tmp_path: Path, mpl: None) -> None:
-    paths = plot_timeline(conflict_run(), tmp_path / "figures")
+    paths = plot_timeline(build_timeline(conflict_run()), tmp_path / "figures")
     assert [p.name for p in paths] == list(TIMELINE_FIGURES)
     for path in paths:
         assert_png(path)
@@ -43,7 +44,7 @@ def test_three_losses_with_stored_weights_draw_every_figure(tmp_path: Path, mpl:
         make_record(s, vectors, layers={"l1": vectors, "l2": vectors}, pareto=weights)
         for s in range(0, 50, 5)
     ]
-    paths = plot_timeline(records, tmp_path)
+    paths = plot_timeline(build_timeline(records), tmp_path)
     assert len(paths) == 4
     for path in paths:
         assert_png(path)
@@ -51,13 +52,13 @@ def test_three_losses_with_stored_weights_draw_every_figure(tmp_path: Path, mpl:
 
 def test_one_loss_draws_only_the_norms(tmp_path: Path, mpl: None) -> None:
     records = [make_record(s, {"only": unit(0, 1.0 + s)}) for s in range(3)]
-    paths = plot_timeline(records, tmp_path)
+    paths = plot_timeline(build_timeline(records), tmp_path)
     assert [p.name for p in paths] == ["grad_norms.png"]
     assert_png(paths[0])
 
 
 def test_a_single_record_still_plots(tmp_path: Path, mpl: None) -> None:
-    paths = plot_timeline(conflict_run()[:1], tmp_path)
+    paths = plot_timeline(build_timeline(conflict_run()[:1]), tmp_path)
     assert len(paths) == 4
     for path in paths:
         assert_png(path)
@@ -80,6 +81,6 @@ def test_missing_matplotlib_is_a_gradtool_error_with_the_install_hint(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     with pytest.raises(GradtoolError, match="needs matplotlib") as e:
-        plot_timeline(conflict_run(), tmp_path)
+        plot_timeline(build_timeline(conflict_run()), tmp_path)
     assert e.value.hint == "pip install 'gradtool[plot]'"
     assert not list(tmp_path.iterdir())

@@ -9,7 +9,7 @@ import pytest
 from runlog_samples import conflict_run, make_record, unit, write_run
 
 from gradtool.errors import RunLogError
-from gradtool.runlog import Record, read_run
+from gradtool.results.runlog import Record, read_run
 
 
 def test_records_round_trip_through_json() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from runlog_samples import conflict_run, gram, make_record, unit
 
-from gradtool.runlog import RunLog
-from gradtool.timeline import build_timeline, downsample
+from gradtool.analysis.timeline import build_timeline, downsample
+from gradtool.results.runlog import RunLog
 
 
 def mgda_two(g: list[list[float]]) -> float:

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 
-from gradtool import weightings
 from gradtool.errors import GradtoolError
 from gradtool.weightings import (
     WEIGHTINGS,
@@ -19,6 +18,7 @@ from gradtool.weightings import (
     WeightingMethod,
     parse_methods,
 )
+from gradtool.weightings import registry as weightings
 
 G_REF = torch.tensor([[18.0, -22.0], [-22.0, 38.0]], dtype=torch.float64)
 

@@ -1,0 +1,464 @@
+"""Lookahead affinity between losses: what one SGD step on one loss does to every other loss.
+
+Inter-loss affinity (Fifty et al. 2021, "Efficiently Identifying Task Groupings in Multi-Task
+Learning"): with g_i the gradient of loss i on the selected parameters theta,
+
+    Z[i->j] = 1 - L_j(theta - lr g_i) / L_j(theta),
+
+the relative decrease of loss j after one SGD step of size lr on loss i alone (positive: the step
+on i helps j). The first-order estimate is Z1[i->j] = lr <g_i, g_j> / L_j = lr G_ij / L_j, since
+L_j(theta - lr g_i) = L_j(theta) - lr <g_j, g_i> + O(lr^2); where Z and Z1 differ, curvature
+matters at this lr. The same is measured for a step along each weighting method's combined
+direction d = sum_k w_k g_k (w from the method on the batch's Gramian): a method "lowers every
+loss" when L_j(theta - lr d) < L_j(theta) for every j.
+
+Batches: each batch's step is taken on its own gradient and evaluated on the same batch (as in the
+paper); `holdout=True` evaluates the step of batch k on batch k+1 (cyclically) instead, with first
+order lr <g_i^(k), g_j^(k+1)> / L_j^(k+1). Reported values are means over batches.
+
+The user's model is never mutated. Every forward runs through `torch.func.functional_call` on a
+scope module holding the model, with the selected parameters replaced by detached copies
+(as they are for the gradient pass, stepped for the lookahead passes; requiring grad like the
+originals, so a `losses` that differentiates inside, as in meta-learning, still runs) and every
+buffer replaced by a fresh copy, so BatchNorm running statistics and `num_batches_tracked`
+update the copies only; `.grad` fields are left as found. Dropout: every forward on batch k (the
+gradient pass and each stepped pass) runs inside `torch.random.fork_rng` reseeded with seed + k,
+so the base and the stepped losses see the same dropout masks and the caller's RNG state is
+untouched. Only torch's RNG is reseeded (not Python's `random` or numpy's).
+
+Losses that are not positive: the ratio L_j(theta - lr g) / L_j(theta) means nothing when
+L_j <= 0 (log-likelihoods, rewards), so that column of `affinity` is None (with a warning) when
+L_j <= 0 on any batch; `loss_change` = L_j(theta - lr g_i) - L_j(theta) and its first order
+-lr G_ij stay defined, and "lowers every loss" is decided on `loss_change`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradtool.analysis.convert import to_list
+from gradtool.engine import Strategy, batch_jacobian, block_gramian
+from gradtool.errors import (
+    LossError,
+    NonFiniteGradientError,
+    UsageError,
+    opt,
+)
+from gradtool.problem import Problem, no_batch_error
+from gradtool.results.affinity import AffinityReport, MethodStep
+from gradtool.results.base import finite_or_none
+from gradtool.weightings import WEIGHTINGS, check_methods
+
+DEFAULT_METHODS: tuple[str, ...] = ("mgda", "mean")
+# The verdict calls the first-order estimate off when |Z - Z1| > CURVATURE_RTOL * max(|Z|, |Z1|)
+# and the entry is not negligible (max(|Z|, |Z1|) > CURVATURE_ATOL).
+CURVATURE_RTOL = 0.5
+CURVATURE_ATOL = 1e-4
+
+
+@dataclass
+class _Batch:
+    """One batch after its gradient pass: data, seed, L(theta), the Jacobian and method weights."""
+
+    data: Any
+    seed: int
+    values: torch.Tensor  # (m,) float64: L_j(theta) on this batch
+    blocks: list[torch.Tensor | None]  # per selected parameter: (m, numel) or None
+    weights: dict[str, torch.Tensor]  # per method: (m,) float64, from this batch's Gramian
+
+
+class _Sums:
+    """Running sums over (step batch, evaluation batch) pairs of the per-pair matrices."""
+
+    def __init__(self, m: int, methods: Sequence[str]) -> None:
+        self.m = m
+        self.count = 0
+        zeros = torch.zeros(m, m, dtype=torch.float64)
+        self.z, self.z1, self.change, self.change1 = (zeros.clone() for _ in range(4))
+        self.values = torch.zeros(m, dtype=torch.float64)
+        self.nonpositive: dict[int, float] = {}  # loss index -> a non-positive L_j seen
+        self.nonfinite: set[tuple[str, int]] = set()  # (direction label, loss index)
+        self.steps = {
+            name: {
+                key: torch.zeros(m, dtype=torch.float64)
+                for key in ("weights", "z", "z1", "change", "change1")
+            }
+            for name in methods
+        }
+
+
+def lookahead_affinity(
+    problem: Problem,
+    lr: float,
+    *,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    holdout: bool = False,
+    strategy: Strategy = "auto",
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> AffinityReport:
+    """Return the lookahead affinities of `problem` at step size `lr` (see the module docstring).
+
+    Z[i->j] = 1 - L_j(theta - lr g_i) / L_j(theta) and Z1[i->j] = lr G_ij / L_j, means over
+    batches; per method, the same for the step theta - lr d with d = sum_k w_k g_k. The model's
+    parameters, buffers and `.grad` fields are exactly as before afterwards.
+
+    Raises:
+        UsageError: `lr` is not positive and finite, a method is unknown, or `holdout` with
+            fewer than two batches.
+    """
+    check_lr(lr)
+    methods = list(check_methods(methods))
+    evaluator = _Evaluator(problem, strategy)
+    sums: _Sums | None = None
+    first: _Batch | None = None
+    previous: _Batch | None = None
+    count = 0
+    for k, data in enumerate(problem.iter_batches()):
+        batch = evaluator.gradient_pass(data, seed + k, methods)
+        if sums is None:
+            sums = _Sums(batch.values.shape[0], methods)
+        sums.values += batch.values
+        if not holdout:
+            evaluator.lookahead(batch, batch, lr, methods, sums)
+        elif previous is not None:
+            evaluator.lookahead(previous, batch, lr, methods, sums)
+        if first is None:
+            first = batch
+        previous = batch
+        count += 1
+        if progress is not None:
+            progress(count)
+    if sums is None or first is None or previous is None:
+        raise no_batch_error()
+    if holdout:
+        if count < 2:
+            raise UsageError(
+                f"{opt('holdout')} evaluates each step on the next batch, so it needs at least 2 "
+                f"batches; the gradfile gives {count}",
+                hint=f"add batches to the gradfile, or drop {opt('holdout')}",
+                option="holdout",
+            )
+        evaluator.lookahead(previous, first, lr, methods, sums)
+    return _report(problem, evaluator.names, sums, count, lr, holdout, methods)
+
+
+class _Scope(nn.Module):
+    """A module holding the user's model, so `functional_call` can swap its tensors for any call.
+
+    The user's `losses(model, batch)` calls the model itself; calling the scope with a closure
+    runs that closure while the model's parameters and buffers are replaced.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+
+class _Evaluator:
+    """Runs the gradient and lookahead passes of one problem on swapped tensors."""
+
+    def __init__(self, problem: Problem, strategy: Strategy) -> None:
+        self.problem = problem
+        self.strategy = strategy
+        self.scope = _Scope(problem.model)
+        self.selected = list(problem.parameters)
+        chosen = {id(p) for _, p in self.selected}
+        self.others = [p for p in problem.model.parameters() if id(p) not in chosen]
+        self.buffers = dict(problem.model.named_buffers())
+        self.names: list[str] = []
+        device = problem.device or torch.device("cpu")
+        self.rng_devices = [] if device.type == "cpu" else [device.index or 0]
+        self.rng_device_type = "cuda" if device.type == "cpu" else device.type
+
+    def _call(self, seed: int, params: Mapping[str, torch.Tensor], fn: Callable[[], Any]) -> Any:
+        """Return fn() run with `params` and fresh buffer copies in the model, RNG seeded."""
+        tensors = {f"model.{name}": t for name, t in params.items()}
+        for name, buffer in self.buffers.items():
+            tensors[f"model.{name}"] = buffer.detach().clone()
+        with torch.random.fork_rng(devices=self.rng_devices, device_type=self.rng_device_type):
+            torch.manual_seed(seed)
+            return torch.func.functional_call(self.scope, tensors, (fn,), strict=False)
+
+    def gradient_pass(self, data: Any, seed: int, methods: Sequence[str]) -> _Batch:
+        """Return the batch with L(theta), its Jacobian blocks and each method's weights."""
+        leaves = {name: p.detach().clone().requires_grad_(True) for name, p in self.selected}
+
+        def run() -> tuple[list[str], list[float], list[torch.Tensor | None]]:
+            losses = self.problem.evaluate(data)
+            jac = batch_jacobian(
+                losses, list(leaves.values()), strategy=self.strategy, other_leaves=self.others
+            )
+            return list(losses), jac.loss_values, jac.blocks
+
+        names, values, blocks = self._call(seed, leaves, run)
+        self.names = names
+        m = len(names)
+        gramian = torch.zeros(m, m, dtype=torch.float64)
+        for block in blocks:
+            if block is not None:
+                gramian += block_gramian(block).cpu()
+        bad = [names[i] for i in range(m) if not math.isfinite(float(gramian[i, i]))]
+        if bad:
+            raise NonFiniteGradientError(
+                f"non-finite gradients (NaN or inf) for {', '.join(repr(b) for b in bad)}, so no "
+                "lookahead step is meaningful",
+                hint="run `gradtool inspect` on the file: it names the parameters",
+            )
+        weights = {name: WEIGHTINGS[name](gramian) for name in methods}
+        return _Batch(
+            data=data,
+            seed=seed,
+            values=torch.tensor(values, dtype=torch.float64),
+            blocks=[None if b is None else b.detach() for b in blocks],
+            weights=weights,
+        )
+
+    def stepped_values(self, direction: list[torch.Tensor | None], lr: float, at: _Batch) -> list:
+        """Return L_j(theta - lr direction) on batch `at` (floats; NaN where not finite)."""
+        params = {}
+        for (name, p), step in zip(self.selected, direction, strict=True):
+            base = p.detach()
+            moved = base.clone() if step is None else base - lr * step.view_as(base)
+            params[name] = moved.requires_grad_(p.requires_grad)
+
+        def run() -> list[float]:
+            # Grad stays enabled: a meta-learning `losses` differentiates inside (inner steps).
+            with torch.enable_grad():
+                return self._values(at.data)
+
+        return self._call(at.seed, params, run)
+
+    def _values(self, data: Any) -> list[float]:
+        """Return the losses' values for one batch, checked against the names seen first."""
+        raw = self.problem.call_losses(data, when=" after a lookahead step")
+        if not isinstance(raw, Mapping) or list(raw) != self.names:
+            found = list(raw) if isinstance(raw, Mapping) else type(raw).__name__
+            raise LossError(
+                f"losses returned {found} after a lookahead step but {self.names} before",
+                hint="return the same loss names, in the same order, on every call",
+            )
+        out = []
+        for name, value in raw.items():
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                raise LossError(f"loss '{name}' should be a scalar tensor after a lookahead step")
+            out.append(float(value.detach().reshape(()).real))
+        return out
+
+    def lookahead(
+        self, step: _Batch, at: _Batch, lr: float, methods: Sequence[str], sums: _Sums
+    ) -> None:
+        """Add to `sums` the effect of the steps of batch `step` evaluated on batch `at`."""
+        m = sums.m
+        base = at.values
+        cross = torch.zeros(m, m, dtype=torch.float64)  # cross[i][j] = <g_i^step, g_j^at>
+        for b_step, b_at in zip(step.blocks, at.blocks, strict=True):
+            if b_step is not None and b_at is not None:
+                cross += (b_step.to(torch.float64) @ b_at.to(torch.float64).T).cpu()
+        positive = base > 0
+        for j in range(m):
+            if not bool(positive[j]):
+                sums.nonpositive.setdefault(j, float(base[j]))
+        safe = torch.where(positive, base, 1.0)
+        for i in range(m):
+            direction = [None if b is None else b[i] for b in step.blocks]
+            stepped = torch.tensor(self.stepped_values(direction, lr, at), dtype=torch.float64)
+            self._record(sums, f"loss {i}", stepped)
+            sums.change[i] += stepped - base
+            sums.change1[i] += -lr * cross[i]
+            sums.z[i] += torch.where(positive, 1.0 - stepped / safe, torch.nan)
+            sums.z1[i] += torch.where(positive, lr * cross[i] / safe, torch.nan)
+        for name in methods:
+            w = step.weights[name]
+            direction = [
+                None if b is None else (w.to(b.dtype).to(b.device) @ b) for b in step.blocks
+            ]
+            stepped = torch.tensor(self.stepped_values(direction, lr, at), dtype=torch.float64)
+            self._record(sums, name, stepped)
+            rate = w @ cross  # (w^T C)_j = <d, g_j^at>
+            acc = sums.steps[name]
+            acc["weights"] += w
+            acc["change"] += stepped - base
+            acc["change1"] += -lr * rate
+            acc["z"] += torch.where(positive, 1.0 - stepped / safe, torch.nan)
+            acc["z1"] += torch.where(positive, lr * rate / safe, torch.nan)
+        sums.count += 1
+
+    @staticmethod
+    def _record(sums: _Sums, label: str, stepped: torch.Tensor) -> None:
+        for j in torch.nonzero(~torch.isfinite(stepped)).flatten().tolist():
+            sums.nonfinite.add((label, j))
+
+
+def check_lr(lr: float) -> None:
+    """Raise a `UsageError` unless `lr` is a positive finite number."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise UsageError(
+            f"{opt('lr')} should be a positive number; found {lr}",
+            hint=f"the SGD step size of the lookahead, e.g. {opt('lr', 0.1)}",
+            option="lr",
+        )
+
+
+def _report(
+    problem: Problem,
+    names: list[str],
+    sums: _Sums,
+    num_batches: int,
+    lr: float,
+    holdout: bool,
+    methods: Sequence[str],
+) -> AffinityReport:
+    m = len(names)
+    n = max(sums.count, 1)
+    undefined = sorted(sums.nonpositive)
+    z, z1 = sums.z / n, sums.z1 / n
+    for j in undefined:  # the ratio is meaningless where L_j <= 0 on some batch
+        z[:, j] = torch.nan
+        z1[:, j] = torch.nan
+    steps = []
+    for name in methods:
+        acc = sums.steps[name]
+        sz, sz1 = acc["z"] / n, acc["z1"] / n
+        for j in undefined:
+            sz[j] = torch.nan
+            sz1[j] = torch.nan
+        change = acc["change"] / n
+        steps.append(
+            MethodStep(
+                method=name,
+                name=WEIGHTINGS[name].display,
+                weights=dict(zip(names, (acc["weights"] / n).tolist(), strict=True)),
+                affinity=_named(names, sz),
+                affinity_first_order=_named(names, sz1),
+                loss_change=_named(names, change),
+                loss_change_first_order=_named(names, acc["change1"] / n),
+                lowers_every_loss=bool(torch.isfinite(change).all() and (change < 0).all()),
+            )
+        )
+    report = AffinityReport(
+        command="affinity",
+        losses=list(names),
+        loss_values=dict(zip(names, (sums.values / num_batches).tolist(), strict=True)),
+        num_batches=num_batches,
+        parameters={
+            "count": len(problem.parameters),
+            "numel": sum(p.numel() for _, p in problem.parameters),
+        },
+        lr=float(lr),
+        holdout=holdout,
+        affinity=to_list(z),
+        affinity_first_order=to_list(z1),
+        loss_change=to_list(sums.change / n),
+        loss_change_first_order=to_list(sums.change1 / n),
+        methods_step=steps,
+    )
+    report.warnings = _warnings(names, sums, lr)
+    report.verdict = affinity_verdict(report)
+    assert len(report.affinity) == m
+    return report
+
+
+def _named(names: Sequence[str], t: torch.Tensor) -> dict[str, float | None]:
+    return {name: finite_or_none(float(x)) for name, x in zip(names, t.tolist(), strict=True)}
+
+
+def _warnings(names: Sequence[str], sums: _Sums, lr: float) -> list[str]:
+    out = []
+    for j, value in sorted(sums.nonpositive.items()):
+        out.append(
+            f"loss '{names[j]}' is not positive ({value:.4g}), so its relative change "
+            "1 - L(theta - lr g) / L(theta) is undefined: its affinity column is null; "
+            "see loss_change in the JSON document for the absolute change"
+        )
+    if sums.nonfinite:
+        labels = sorted({label for label, _ in sums.nonfinite})
+        shown = ", ".join(
+            names[int(label.split()[1])] if label.startswith("loss ") else label for label in labels
+        )
+        out.append(f"a step of lr {lr:g} along {shown} made some loss non-finite; try a smaller lr")
+    return out
+
+
+def affinity_verdict(report: AffinityReport) -> list[str]:
+    """Return short sentences: what one step of each method does, harmful pairs, curvature."""
+    names = report.losses
+    m = len(names)
+    lines: list[str] = []
+    parts = []
+    for step in report.methods_step:
+        if step.lowers_every_loss:
+            parts.append(f"one step of {step.method} lowers every loss")
+            continue
+        changes = {name: step.loss_change[name] for name in names}
+        raised = [name for name, c in changes.items() if c is None or c > 0]
+        still = [name for name, c in changes.items() if c == 0]
+        if not raised:
+            parts.append(
+                f"one step of {step.method} leaves every loss unchanged"
+                if len(still) == m
+                else f"one step of {step.method} leaves {_and(still)} unchanged"
+            )
+            continue
+        text = f"one step of {step.method} raises {_and(raised)}"
+        if still:
+            text += f" and leaves {_and(still)} unchanged"
+        parts.append(text)
+    if parts:
+        lines.append("; ".join(parts))
+    harmful = sorted(
+        (z, i, j)
+        for i in range(m)
+        for j in range(m)
+        if i != j and (z := report.affinity[i][j]) is not None and z < 0
+    )
+    for z, i, j in harmful[:3]:
+        lines.append(f"a step on {names[i]} alone raises {names[j]} by {100 * -z:.3g}%")
+    raised = sorted(  # where the ratio is undefined (L_j <= 0), by the absolute change
+        (-c, i, j)
+        for i in range(m)
+        for j in range(m)
+        if i != j
+        and report.affinity[i][j] is None
+        and (c := report.loss_change[i][j]) is not None
+        and c > 0
+    )
+    for c, i, j in raised[: max(0, 3 - len(harmful))]:
+        lines.append(f"a step on {names[i]} alone raises {names[j]} by {-c:.3g} (absolute)")
+    off = []
+    for i in range(m):
+        for j in range(m):
+            z, z1 = report.affinity[i][j], report.affinity_first_order[i][j]
+            if z is None or z1 is None:
+                continue
+            big = max(abs(z), abs(z1))
+            if big > CURVATURE_ATOL and abs(z - z1) > CURVATURE_RTOL * big:
+                off.append((abs(z - z1), i, j, z, z1))
+    if off:
+        _, i, j, z, z1 = max(off)
+        lines.append(
+            f"at lr {report.lr:g} the first-order estimate is off by more than half for "
+            f"{len(off)} of {m * m} entries (worst {names[i]} -> {names[j]}: measured "
+            f"{100 * z:+.3g}%, first order {100 * z1:+.3g}%): curvature matters at this step size"
+        )
+    elif m:
+        lines.append(
+            f"at lr {report.lr:g} the first-order estimate lr G_ij / L_j is within half of every "
+            "measured affinity"
+        )
+    return lines
+
+
+def _and(items: Sequence[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]

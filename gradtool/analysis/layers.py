@@ -1,0 +1,36 @@
+"""Parameter blocks grouped for the layer table: by module path, cut to a depth."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of parameter blocks reported together (a module path at some depth)."""
+
+    name: str
+    indices: tuple[int, ...]
+
+
+def module_path(param_name: str) -> str:
+    """Return the dotted path of the module owning `param_name` ('' for the root module)."""
+    head, _, _ = param_name.rpartition(".")
+    return head
+
+
+def group_by_module(param_names: Sequence[str], depth: int | None) -> list[Group]:
+    """Return the parameters grouped by module path cut to `depth` components, in first-seen order.
+
+    depth=None keeps each parameter's full module path (one group per module owning parameters);
+    parameters of the root module form the group '(root)'.
+    """
+    if depth is not None and depth < 1:
+        raise ValueError(f"depth should be at least 1; found {depth}")
+    order: dict[str, list[int]] = {}
+    for i, name in enumerate(param_names):
+        parts = module_path(name).split(".") if module_path(name) else []
+        key = ".".join(parts if depth is None else parts[:depth]) or "(root)"
+        order.setdefault(key, []).append(i)
+    return [Group(name=k, indices=tuple(v)) for k, v in order.items()]

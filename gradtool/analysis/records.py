@@ -1,0 +1,68 @@
+"""A training step's engine result -> the `Record` a Monitor writes: the Gramians (whole model and
+per layer), norms and cosines, and the MGDA weights; nothing of the snapshot report's verdicts."""
+
+from __future__ import annotations
+
+import time
+
+from gradtool.analysis.convert import to_list
+from gradtool.analysis.layers import group_by_module
+from gradtool.analysis.report import ParetoOptions, check_finite
+from gradtool.engine import EngineResult
+from gradtool.linalg import gramian as gm
+from gradtool.linalg.pareto import pareto_solution
+from gradtool.results.runlog import LayerRecord, ParetoRecord, Record
+
+
+def build_record(
+    result: EngineResult,
+    *,
+    step: int,
+    depth: int | None,
+    pareto: ParetoOptions | None,
+    layers: bool = True,
+) -> Record:
+    """Return the Record of one step; raise `NonFiniteGradientError` on non-finite gradients.
+
+    dot = G (whole model), norms = sqrt(diag G), cosine = G_ij / sqrt(G_ii G_jj); per layer
+    (module path cut to `depth`) its Gramian; with `pareto`, the exact MGDA weights of G.
+    """
+    check_finite(result)
+    names = result.loss_names
+    g = result.gramian
+    norms = gm.norms(g)
+    layer_records = []
+    if layers:
+        for group in group_by_module(result.param_names, depth):
+            idx = list(group.indices)
+            layer_records.append(
+                LayerRecord(
+                    group.name,
+                    sum(result.param_numels[b] for b in idx),
+                    to_list(result.gramians[idx].sum(dim=0)),
+                )
+            )
+    pareto_record = None
+    if pareto is not None:
+        sol = pareto_solution(
+            g, result.loss_values, names, normalize=pareto.normalize, tol=pareto.tol
+        )
+        pareto_record = ParetoRecord(
+            "mgda",
+            sol.normalize,
+            dict(zip(names, sol.weights.tolist(), strict=True)),
+            sol.min_norm,
+            sol.stationary,
+        )
+    return Record(
+        step=step,
+        time=time.time(),
+        losses=list(names),
+        loss_values=dict(zip(names, result.loss_values, strict=True)),
+        parameters={"count": len(result.param_names), "numel": sum(result.param_numels)},
+        dot=to_list(g),
+        norms={name: float(norms[i]) for i, name in enumerate(names)},
+        cosine=to_list(gm.cosine(g)),
+        layers=layer_records,
+        pareto=pareto_record,
+    )

@@ -1,0 +1,321 @@
+"""Turns the records of a run log into a `TimelineReport`: how the gradients of the losses relate
+over training. Everything is recomputed from each record's Gramians G (whole model and per layer):
+
+    |g_i| = sqrt(G_ii),   cos_ij = G_ij / sqrt(G_ii G_jj),   conflict: cos_ij < 0,
+    MGDA weights = argmin_{w in simplex} w^T G w (the recorded ones where the record has them).
+
+The report is plain data, serialisable like `Report` (schema_version 1, NaN as null); the
+renderer and the plots only format it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from gradtool.analysis.convert import to_list
+from gradtool.linalg import gramian as gm
+from gradtool.linalg.pareto import pareto_solution
+from gradtool.results.runlog import Record, RunLog
+from gradtool.results.timeline import (
+    LayerTimeline,
+    LossTimeline,
+    MgdaRow,
+    PairTimeline,
+    Series,
+    TimelineReport,
+    TimelineSeries,
+    WeightTimeline,
+)
+
+TREND_POINTS = 10  # points of the downsampled series shown as sparklines
+MGDA_ROWS = 8  # recorded steps shown in the MGDA-weights-over-time table
+
+
+def build_timeline(run: RunLog | Sequence[Record], *, source: str = "") -> TimelineReport:
+    """Return the TimelineReport of a run log (or of records, oldest first)."""
+    if isinstance(run, RunLog):
+        records, warnings = run.records, list(run.warnings)
+        source = source or str(run.path)
+        header = run.header or {}
+        meta: dict[str, Any] = {
+            "sessions": run.sessions,
+            **{
+                k: header[k]
+                for k in ("gradtool_version", "torch_version", "every", "depth", "created")
+                if k in header
+            },
+            "metadata": header.get("metadata", {}),
+        }
+    else:
+        records, warnings, meta = sorted(run, key=lambda r: r.step), [], {}
+    if not records:
+        raise ValueError("a timeline needs at least one record")
+    names = list(records[0].losses)
+    m = len(names)
+    steps = [r.step for r in records]
+    grams = [gm.as_gramian(r.gramian()) for r in records]
+    norms = torch.stack([gm.norms(g) for g in grams])  # (R, m)
+    cos = torch.stack([gm.cosine(g) for g in grams])  # (R, m, m)
+    pairs_idx = [(i, j) for i in range(m) for j in range(i + 1, m)]
+
+    pairs = [_pair(names[i], names[j], cos[:, i, j], steps) for i, j in pairs_idx]
+    loss_trends = [
+        _loss(name, [r.loss_values.get(name) for r in records], norms[:, i])
+        for i, name in enumerate(names)
+    ]
+    weights, min_norms, stationary = _mgda(records, grams, names)
+    mgda = [_weight(name, weights[:, i]) for i, name in enumerate(names)]
+    rows = [
+        MgdaRow(
+            step=steps[k],
+            weights={name: _f(weights[k, i]) for i, name in enumerate(names)},
+            min_norm=_f(min_norms[k]),
+            stationary=stationary[k],
+        )
+        for k in _sample(len(records), MGDA_ROWS)
+    ]
+    layer_names, lowest, layers = _layers(records, names, pairs_idx, steps)
+    series = TimelineSeries(
+        steps=steps,
+        loss_values={name: [_f(r.loss_values.get(name)) for r in records] for name in names},
+        norms={name: to_list(norms[:, i]) for i, name in enumerate(names)},
+        cosine={p.key: to_list(cos[:, i, j]) for p, (i, j) in zip(pairs, pairs_idx, strict=True)},
+        mgda_weights={name: to_list(weights[:, i]) for i, name in enumerate(names)},
+        mgda_min_norm=to_list(min_norms),
+        layer_names=layer_names,
+        layer_lowest_cos=lowest,
+    )
+    report = TimelineReport(
+        source=source,
+        losses=names,
+        num_records=len(records),
+        first_step=steps[0],
+        last_step=steps[-1],
+        pairs=pairs,
+        loss_trends=loss_trends,
+        mgda=mgda,
+        mgda_rows=rows,
+        mgda_stationary_fraction=sum(stationary) / len(stationary),
+        mgda_first_stationary_step=next(
+            (s for s, flag in zip(steps, stationary, strict=True) if flag), None
+        ),
+        layers=layers,
+        series=series,
+        warnings=warnings,
+        meta=meta,
+    )
+    report.verdict = timeline_verdict(report)
+    return report
+
+
+def _f(x: float | torch.Tensor | None) -> float | None:
+    if x is None:
+        return None
+    v = float(x)
+    return v if math.isfinite(v) else None
+
+
+def _pair(a: str, b: str, cos: torch.Tensor, steps: list[int]) -> PairTimeline:
+    defined = [(s, float(c)) for s, c in zip(steps, cos.tolist(), strict=True) if math.isfinite(c)]
+    conflict = [s for s, c in defined if c < 0]
+    low = min(defined, key=lambda sc: sc[1]) if defined else None
+    return PairTimeline(
+        a=a,
+        b=b,
+        cos_start=_f(cos[0]),
+        cos_min=low[1] if low else None,
+        cos_max=max(c for _, c in defined) if defined else None,
+        cos_end=_f(cos[-1]),
+        step_min=low[0] if low else None,
+        conflict_fraction=len(conflict) / len(defined) if defined else None,
+        first_conflict_step=conflict[0] if conflict else None,
+        last_conflict_step=conflict[-1] if conflict else None,
+        trend=downsample(cos.tolist(), TREND_POINTS),
+    )
+
+
+def _loss(name: str, values: list[float | None], norm: torch.Tensor) -> LossTimeline:
+    defined = [float(x) for x in norm.tolist() if math.isfinite(x)]
+    start, end = _f(norm[0]), _f(norm[-1])
+    return LossTimeline(
+        name=name,
+        value_start=_f(values[0]),
+        value_end=_f(values[-1]),
+        norm_start=start,
+        norm_min=min(defined) if defined else None,
+        norm_max=max(defined) if defined else None,
+        norm_end=end,
+        norm_ratio=end / start if start and end is not None else None,
+        trend=downsample(norm.tolist(), TREND_POINTS),
+    )
+
+
+def _mgda(
+    records: Sequence[Record], grams: Sequence[torch.Tensor], names: list[str]
+) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """Return (weights (R, m), min-norms (R,), stationary flags): recorded, else recomputed."""
+    weights, min_norms, stationary = [], [], []
+    for record, g in zip(records, grams, strict=True):
+        if record.pareto is not None:
+            p = record.pareto
+            weights.append([p.weights.get(n, math.nan) for n in names])
+            min_norms.append(p.min_norm)
+            stationary.append(p.stationary)
+        elif torch.isfinite(g).all():
+            sol = pareto_solution(g, [1.0] * len(names), names)
+            weights.append(sol.weights.tolist())
+            min_norms.append(sol.min_norm)
+            stationary.append(sol.stationary)
+        else:
+            weights.append([math.nan] * len(names))
+            min_norms.append(math.nan)
+            stationary.append(False)
+    return (
+        torch.tensor(weights, dtype=torch.float64),
+        torch.tensor(min_norms, dtype=torch.float64),
+        stationary,
+    )
+
+
+def _weight(name: str, w: torch.Tensor) -> WeightTimeline:
+    defined = [x for x in w.tolist() if math.isfinite(x)]
+    return WeightTimeline(
+        name=name,
+        start=_f(w[0]),
+        mean=sum(defined) / len(defined) if defined else None,
+        end=_f(w[-1]),
+        min=min(defined) if defined else None,
+        max=max(defined) if defined else None,
+    )
+
+
+def _layers(
+    records: Sequence[Record],
+    names: list[str],
+    pairs_idx: list[tuple[int, int]],
+    steps: list[int],
+) -> tuple[list[str], list[Series], list[LayerTimeline]]:
+    """Return the layer names (first-seen order), the layers x steps lowest pairwise cosine,
+    and per layer its conflict statistics."""
+    order: dict[str, int] = {}
+    for record in records:
+        for layer in record.layers:
+            order.setdefault(layer.name, layer.numel)
+    lowest: list[Series] = [[None] * len(records) for _ in order]
+    row_of = {name: k for k, name in enumerate(order)}
+    pair_conflicts = [[0] * len(pairs_idx) for _ in order]
+    pair_defined = [[0] * len(pairs_idx) for _ in order]
+    pair_sums = [[0.0] * len(pairs_idx) for _ in order]
+    for t, record in enumerate(records):
+        for layer in record.layers:
+            k = row_of[layer.name]
+            cos = gm.cosine(gm.as_gramian(layer.gramian()))
+            defined = []
+            for p, (i, j) in enumerate(pairs_idx):
+                c = float(cos[i, j])
+                if math.isfinite(c):
+                    defined.append(c)
+                    pair_defined[k][p] += 1
+                    pair_conflicts[k][p] += c < 0
+                    pair_sums[k][p] += c
+            lowest[k][t] = min(defined) if defined else None
+    layers = []
+    for k, (name, numel) in enumerate(order.items()):
+        values = [(s, c) for s, c in zip(steps, lowest[k], strict=True) if c is not None]
+        conflicts = [s for s, c in values if c < 0]
+        means = [
+            (pair_sums[k][p] / pair_defined[k][p], p)
+            for p in range(len(pairs_idx))
+            if pair_defined[k][p]
+        ]
+        worst = min(means, default=None)
+        p = worst[1] if worst else 0
+        frac = pair_conflicts[k][p] / pair_defined[k][p] if worst else 0.0
+        i, j = pairs_idx[p] if worst else (0, 0)
+        layers.append(
+            LayerTimeline(
+                name=name,
+                numel=numel,
+                records=len(values),
+                conflict_fraction=len(conflicts) / len(values) if values else None,
+                mean_lowest_cos=sum(c for _, c in values) / len(values) if values else None,
+                first_conflict_step=conflicts[0] if conflicts else None,
+                worst_pair=f"{names[i]}~{names[j]}" if worst and frac > 0 else None,
+                worst_pair_mean_cos=worst[0] if worst and frac > 0 else None,
+                worst_pair_fraction=frac if worst and frac > 0 else None,
+            )
+        )
+    return list(order), lowest, layers
+
+
+def downsample(values: Sequence[float | None], points: int) -> Series:
+    """Return `values` cut into at most `points` contiguous bins, each replaced by the mean of its
+    finite entries (None for a bin without any)."""
+    n = len(values)
+    if n <= points:
+        return [_f(v) for v in values]
+    out: Series = []
+    for b in range(points):
+        chunk = [v for v in values[b * n // points : (b + 1) * n // points] if v is not None]
+        finite = [float(v) for v in chunk if math.isfinite(v)]
+        out.append(sum(finite) / len(finite) if finite else None)
+    return out
+
+
+def _sample(n: int, rows: int) -> list[int]:
+    """Return up to `rows` evenly spaced indices of range(n), always with the first and last."""
+    if n <= rows:
+        return list(range(n))
+    return sorted({round(k * (n - 1) / (rows - 1)) for k in range(rows)})
+
+
+def timeline_verdict(report: TimelineReport) -> list[str]:
+    """Return short sentences: which pairs conflict and when, where, norm trends, stationarity."""
+    lines: list[str] = []
+    n = report.num_records
+    conflicting = sorted(
+        (p for p in report.pairs if p.conflict_fraction), key=lambda p: p.cos_min or 0.0
+    )
+    for p in conflicting[:3]:
+        text = (
+            f"{p.a} and {p.b} conflict in {p.conflict_fraction:.0%} of {n} records from step "
+            f"{p.first_conflict_step}, lowest cos {p.cos_min:+.2f} at step {p.step_min}"
+        )
+        if p.cos_end is not None and p.cos_end >= 0 and p.last_conflict_step is not None:
+            text += f"; faded after step {p.last_conflict_step} (cos {p.cos_end:+.2f} at the end)"
+        lines.append(text)
+    if report.pairs and not conflicting:
+        lows = [p for p in report.pairs if p.cos_min is not None]
+        if lows:
+            low = min(lows, key=lambda p: p.cos_min or 0.0)
+            lines.append(
+                f"no pair of losses conflicts at any of the {n} records "
+                f"(lowest cos {low.cos_min:+.2f}: {low.a} and {low.b})"
+            )
+    hot = [x for x in report.layers if x.conflict_fraction]
+    if hot:
+        top = max(hot, key=lambda x: (x.conflict_fraction or 0.0, -(x.mean_lowest_cos or 0.0)))
+        lines.append(
+            f"conflict concentrates in {top.name}: some pair has cos < 0 there in "
+            f"{top.conflict_fraction:.0%} of records (mean {top.mean_lowest_cos:+.2f})"
+        )
+    moved = [
+        t for t in report.loss_trends if t.norm_ratio and (t.norm_ratio >= 2 or t.norm_ratio <= 0.5)
+    ]
+    for t in sorted(moved, key=lambda t: -abs(math.log(t.norm_ratio or 1.0)))[:2]:
+        way = "fell" if (t.norm_ratio or 1.0) < 1 else "grew"
+        factor = 1 / t.norm_ratio if (t.norm_ratio or 1.0) < 1 else t.norm_ratio
+        lines.append(
+            f"{t.name}'s gradient norm {way} {factor:.1f}x ({t.norm_start:.3g} -> {t.norm_end:.3g})"
+        )
+    frac = report.mgda_stationary_fraction
+    if frac:
+        lines.append(
+            f"Pareto-stationary (MGDA min-norm ~0) at {frac:.0%} of records, "
+            f"first at step {report.mgda_first_stationary_step}"
+        )
+    return lines or ["nothing to compare"]

@@ -1,0 +1,144 @@
+"""The option types the commands share: choices and annotated Typer options."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from gradtool.errors import UsageError
+
+if TYPE_CHECKING:
+    from gradtool.problem import LoadOptions
+
+
+class StrategyChoice(str, Enum):
+    auto = "auto"
+    batched = "batched"
+    loop = "loop"
+    backward = "backward"
+
+
+class NormalizeChoice(str, Enum):
+    none = "none"
+    l2 = "l2"
+    loss = "loss"
+    loss_plus = "loss+"
+
+
+GradfileArg = Annotated[
+    Path,
+    typer.Argument(
+        help="The gradfile: a .py defining `model` and `losses` (it is run).", show_default=False
+    ),
+]
+ParamsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--params", help="Glob on dotted parameter names; repeatable (union).", show_default=False
+    ),
+]
+BatchesOpt = Annotated[
+    int | None, typer.Option("--batches", min=1, help="Take at most N batches.", show_default=False)
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed torch/random before the file runs.")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint", help="Load this state dict into the model first.", show_default=False
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
+EvalOpt = Annotated[
+    bool, typer.Option("--eval", help="Run the model in eval mode (default: train).")
+]
+DepthOpt = Annotated[
+    int, typer.Option("--depth", min=1, help="Group the layer table by module path to this depth.")
+]
+StrategyOpt = Annotated[
+    StrategyChoice,
+    typer.Option(
+        "--strategy", help="Engine strategy (auto: batched, or the loop where faster or needed)."
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print the JSON document (schema_version 1) and nothing else."),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Also write the JSON document to this file (atomically).",
+        show_default=False,
+    ),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show engine details.")]
+LowMemoryOpt = Annotated[
+    bool,
+    typer.Option(
+        "--low-memory",
+        help="Take each parameter block's Gramian as its gradients arrive: extra memory "
+        "O(losses x largest block), not O(losses x all parameters) (one batch; see README).",
+    ),
+]
+PlotFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="Also draw the cosine matrix and per-layer cosines to this image (.png, .svg, .pdf; "
+        "needs matplotlib).",
+        show_default=False,
+    ),
+]
+MethodsOpt = Annotated[
+    str,
+    typer.Option(
+        "--method",
+        help="Weighting method(s), comma-separated: mgda (exact min-norm), mean, sum, upgrad, "
+        "dualproj, pcgrad, imtl_g, aligned_mtl, cagrad, nash_mtl, fairgrad.",
+    ),
+]
+PreferenceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preference",
+        help="Comma-separated positive weights, one per loss, for the methods that take a "
+        "preference (upgrad, dualproj, aligned_mtl).",
+        show_default=False,
+    ),
+]
+
+
+def load_options(
+    params: list[str] | None,
+    batches: int | None,
+    seed: int,
+    checkpoint: Path | None,
+    device: str,
+    eval_mode: bool,
+) -> LoadOptions:
+    """Return the gradfile's load options from the options every command shares."""
+    from gradtool.problem import LoadOptions
+
+    return LoadOptions(
+        seed=seed,
+        device=device,
+        checkpoint=checkpoint,
+        eval_mode=eval_mode,
+        params=tuple(params or ()),
+        max_batches=batches,
+    )
+
+
+def methods_option(text: str) -> tuple[str, ...]:
+    """Return the registry names in `--method` (comma-separated); exit 2 on an unknown one."""
+    from gradtool.weightings import parse_methods
+
+    try:
+        return parse_methods(text)
+    except ValueError as exc:
+        raise UsageError(f"--method: {exc}") from None

@@ -1,0 +1,53 @@
+"""`gradtool report RUN.jsonl`: the gradients over a training run, from a Monitor's run log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gradtool.cli.errors import handle_errors
+from gradtool.cli.options import JsonOpt, OutputOpt
+from gradtool.cli.output import check_output_path, emit, escape, stderr_console
+from gradtool.errors import UsageError
+
+
+@handle_errors
+def report_command(
+    run: Annotated[
+        Path,
+        typer.Argument(help="The run log (.jsonl) a gradtool.Monitor wrote.", show_default=False),
+    ],
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Also write PNG figures to this folder (created): cosine_pairs, grad_norms, "
+            "mgda_weights, layer_conflict (needs matplotlib).",
+            show_default=False,
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+) -> None:
+    """Gradients over training, from a Monitor's run log: conflicts per pair over time, norm
+    trends, MGDA weights, the layers where conflict concentrates."""
+    if output is not None:
+        check_output_path(output)
+    if plot is not None:
+        from gradtool.render.plots import require_matplotlib
+
+        if plot.exists() and not plot.is_dir():
+            raise UsageError(f"--plot {plot} is a file", hint="give a folder, e.g. --plot figures")
+        require_matplotlib()
+    from gradtool.api import run_report
+    from gradtool.render import make_console, render_timeline
+
+    timeline = run_report(run)
+    emit(timeline, json_out, output, lambda: render_timeline(timeline, make_console()))
+    if plot is not None:
+        from gradtool.render.plots import plot_timeline
+
+        for path in plot_timeline(timeline, plot):
+            stderr_console().print(f"[dim]wrote {escape(str(path))}[/]")

@@ -1,0 +1,204 @@
+"""`gradtool inspect` and `gradtool pareto`: one snapshot of the gradients of a gradfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from gradtool.cli.errors import handle_errors
+from gradtool.cli.options import (
+    BatchesOpt,
+    CheckpointOpt,
+    DepthOpt,
+    DeviceOpt,
+    EvalOpt,
+    GradfileArg,
+    JsonOpt,
+    LowMemoryOpt,
+    MethodsOpt,
+    NormalizeChoice,
+    OutputOpt,
+    ParamsOpt,
+    PlotFileOpt,
+    PreferenceOpt,
+    SeedOpt,
+    StrategyChoice,
+    StrategyOpt,
+    VerboseOpt,
+    load_options,
+    methods_option,
+)
+from gradtool.cli.output import (
+    batch_progress,
+    check_output_path,
+    check_plot_path,
+    emit,
+    escape,
+    stderr_console,
+    user_prints_to_stderr,
+)
+from gradtool.errors import UsageError
+
+if TYPE_CHECKING:
+    from gradtool.api import InspectRequest
+
+
+@handle_errors
+def inspect(
+    gradfile: GradfileArg,
+    params: ParamsOpt = None,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "cpu",
+    eval_mode: EvalOpt = False,
+    depth: DepthOpt = 3,
+    strategy: StrategyOpt = StrategyChoice.auto,
+    low_memory: LowMemoryOpt = False,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    verbose: VerboseOpt = False,
+    plot: PlotFileOpt = None,
+) -> None:
+    """Per-loss gradient norms, pairwise cosines and conflicts, layers, unused parameters."""
+    request = _request(
+        "inspect",
+        gradfile,
+        params,
+        batches,
+        seed,
+        checkpoint,
+        device,
+        eval_mode,
+        depth,
+        strategy,
+        low_memory=low_memory,
+    )
+    _execute(request, json_out, output, verbose, plot=plot)
+
+
+@handle_errors
+def pareto(
+    gradfile: GradfileArg,
+    method: MethodsOpt = "mgda",
+    compare: Annotated[
+        bool,
+        typer.Option("--compare", help="Compare every available weighting method in one table."),
+    ] = False,
+    preference: PreferenceOpt = None,
+    normalize: Annotated[
+        NormalizeChoice,
+        typer.Option(
+            "--normalize", help="Normalise gradients first (MGDA-UB): by norm, loss, or both."
+        ),
+    ] = NormalizeChoice.none,
+    params: ParamsOpt = None,
+    batches: BatchesOpt = None,
+    seed: SeedOpt = 0,
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "cpu",
+    eval_mode: EvalOpt = False,
+    depth: DepthOpt = 3,
+    strategy: StrategyOpt = StrategyChoice.auto,
+    low_memory: LowMemoryOpt = False,
+    json_out: JsonOpt = False,
+    output: OutputOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Exact min-norm (MGDA) Pareto weights, each loss's decrease rate, Pareto-stationarity."""
+    from gradtool.analysis import ParetoOptions
+
+    methods = methods_option(method)
+    pref = _preference_option(preference, methods, compare)
+    request = _request(
+        "pareto",
+        gradfile,
+        params,
+        batches,
+        seed,
+        checkpoint,
+        device,
+        eval_mode,
+        depth,
+        strategy,
+        low_memory=low_memory,
+    )
+    from dataclasses import replace
+
+    options = ParetoOptions(
+        normalize=normalize.value, methods=methods, compare=compare, preference=pref
+    )
+    request = replace(request, pareto=options)
+    _execute(request, json_out, output, verbose)
+
+
+def _request(
+    command: str,
+    gradfile: Path,
+    params: list[str] | None,
+    batches: int | None,
+    seed: int,
+    checkpoint: Path | None,
+    device: str,
+    eval_mode: bool,
+    depth: int,
+    strategy: StrategyChoice,
+    low_memory: bool = False,
+) -> InspectRequest:
+    from gradtool.api import InspectRequest
+
+    return InspectRequest(
+        gradfile=gradfile,
+        command=command,
+        load=load_options(params, batches, seed, checkpoint, device, eval_mode),
+        depth=depth,
+        strategy=strategy.value,
+        low_memory=low_memory,
+    )
+
+
+def _execute(
+    request: InspectRequest,
+    json_out: bool,
+    output: Path | None,
+    verbose: bool,
+    *,
+    plot: Path | None = None,
+) -> None:
+    """Run `request`, then print tables or JSON and write `output`; nothing is written on error."""
+    if output is not None:
+        check_output_path(output)
+    if plot is not None:
+        check_plot_path(plot)
+    from gradtool.api import run_gradfile
+    from gradtool.render import make_console, render_report
+
+    with batch_progress() as advance, user_prints_to_stderr():
+        report = run_gradfile(request, progress=advance)
+    emit(report, json_out, output, lambda: render_report(report, make_console(), verbose=verbose))
+    if plot is not None:
+        from gradtool.render.plots import plot_snapshot
+
+        path = plot_snapshot(report, plot)
+        stderr_console().print(f"[dim]wrote {escape(str(path))}[/]")
+
+
+def _preference_option(
+    text: str | None, methods: tuple[str, ...], compare: bool
+) -> tuple[float, ...] | None:
+    """Return the `--preference` floats, checked before the gradfile runs; exit 2 if malformed
+    or unused."""
+    from gradtool.analysis.compare import check_preference
+
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(
+            f"--preference {text!r} should be comma-separated numbers",
+            hint="e.g. --preference 1,1,2 (one positive weight per loss)",
+        ) from None
+    return check_preference(values, methods, compare)

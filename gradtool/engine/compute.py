@@ -1,0 +1,74 @@
+"""The engine's entry point: a `Problem` in, the Gramians of its per-loss gradients out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from gradtool.engine.accumulator import GramianAccumulator
+from gradtool.engine.jacobian import batch_jacobian
+from gradtool.engine.low_memory import accumulate_batch, look_ahead
+from gradtool.engine.result import STRATEGIES, EngineResult, Strategy
+from gradtool.errors import UsageError, opt
+from gradtool.problem import Problem
+
+
+def compute_gramians(
+    problem: Problem,
+    *,
+    strategy: Strategy = "auto",
+    progress: Callable[[int], None] | None = None,
+    low_memory: bool = False,
+    retain_graph: bool = False,
+) -> EngineResult:
+    """Return the Gramians of the mean per-loss gradients of `problem` over its batches.
+
+    `low_memory` takes each parameter block's Gramian as its gradients arrive, so no loss's
+    whole gradient is held: O(m x largest block) extra memory with one batch (see
+    `gradtool.engine.low_memory`). `retain_graph` leaves the losses' graph for the caller's own
+    backward (live losses: `analyze`, the Monitor). `progress(k)` is called after batch k.
+    """
+    check_strategy(strategy)
+    params = [p for _, p in problem.parameters]
+    others = other_leaves(problem.model, params)
+    acc = GramianAccumulator(problem.parameters)
+    batches, single = look_ahead(problem.iter_batches())
+    for batch in batches:
+        losses = problem.evaluate(batch)
+        if low_memory:
+            accumulate_batch(
+                acc,
+                losses,
+                params,
+                strategy=strategy,
+                keep=not single,
+                retain_graph=retain_graph,
+                other_leaves=others,
+            )
+        else:
+            jac = batch_jacobian(
+                losses, params, strategy=strategy, retain_graph=retain_graph, other_leaves=others
+            )
+            acc.add(list(losses), jac)
+            del jac
+        del losses
+        if progress is not None:
+            progress(acc.count)
+    return acc.result()
+
+
+def check_strategy(strategy: str) -> None:
+    """Raise a `UsageError` unless `strategy` is one of `STRATEGIES`."""
+    if strategy not in STRATEGIES:
+        raise UsageError(
+            f"{opt('strategy')} should be one of {', '.join(STRATEGIES)}; found {strategy!r}",
+            option="strategy",
+        )
+
+
+def other_leaves(model: nn.Module, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Return the model's parameters outside `params`: their `.grad` must be left as found."""
+    selected = {id(p) for p in params}
+    return [p for p in model.parameters() if id(p) not in selected]

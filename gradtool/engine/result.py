@@ -1,0 +1,102 @@
+"""What the engine returns: per-block Gramians, and why it ran the path it ran."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Literal
+
+import torch
+
+Strategy = Literal["auto", "batched", "loop", "backward"]
+STRATEGIES: tuple[str, ...] = ("auto", "batched", "loop", "backward")
+
+
+class Fallback(str, Enum):
+    """Why the engine took another path than the strategy asked (or `auto`'s first choice)."""
+
+    REENTRANT_CHECKPOINT = "reentrant_checkpoint"
+    CPU_LOOP = "cpu_loop"
+    NONFINITE_BATCHED = "nonfinite_batched"
+    VMAP_FAILED = "vmap_failed"
+    LOW_MEMORY_STRATEGY = "low_memory_strategy"
+    LOW_MEMORY_CHECKPOINT = "low_memory_checkpoint"
+    LOW_MEMORY_NO_HOOKS = "low_memory_no_hooks"
+
+
+_MESSAGES: dict[Fallback, str] = {
+    Fallback.REENTRANT_CHECKPOINT: "reentrant activation checkpoint: autograd.grad cannot pass it",
+    Fallback.CPU_LOOP: "auto on the CPU: the loop, measured at least as fast there as batched",
+    Fallback.NONFINITE_BATCHED: "non-finite entries in the batched gradients: {what}",
+    Fallback.VMAP_FAILED: "vmap over backward failed: {error}",
+    Fallback.LOW_MEMORY_STRATEGY: "low memory needs the batched backward; the {strategy} "
+    "strategy holds all gradients",
+    Fallback.LOW_MEMORY_CHECKPOINT: "low memory needs autograd.grad, which a reentrant "
+    "checkpoint blocks",
+    Fallback.LOW_MEMORY_NO_HOOKS: "low memory: this torch's batched backward does not expose "
+    "gradients to hooks",
+}
+
+
+@dataclass(frozen=True)
+class FallbackReason:
+    """One fallback: its kind (for code to act on) and its message (for people)."""
+
+    kind: Fallback
+    message: str
+
+    @classmethod
+    def of(cls, kind: Fallback, **details: object) -> FallbackReason:
+        """Return the reason of `kind`, its message filled in with `details`."""
+        return cls(kind, _MESSAGES[kind].format(**details))
+
+    def extended(self, more: str) -> FallbackReason:
+        """Return the same reason with `more` appended to its message."""
+        return FallbackReason(self.kind, f"{self.message}{more}")
+
+
+@dataclass
+class BatchJacobian:
+    """One batch's per-loss gradients: `blocks[b]` is (m, numel_b) or None if no loss reaches b."""
+
+    loss_values: list[float]
+    blocks: list[torch.Tensor | None]
+    reached: list[set[int]]  # per loss: indices of the parameters its graph reaches
+    strategy: str
+    fallbacks: tuple[FallbackReason, ...] = ()
+
+
+@dataclass
+class EngineResult:
+    """Gramians of the mean per-loss gradients, per parameter block, and what else the report needs.
+
+    `gramians[b]` is G_b = J_b J_b^T (float64, m x m) for parameter b; the model's Gramian is
+    their sum. `batch_gramians[k]` is batch k's whole-model Gramian (only with several batches).
+    """
+
+    loss_names: list[str]
+    loss_values: list[float]
+    param_names: list[str]
+    param_numels: list[int]
+    gramians: torch.Tensor  # (P, m, m) float64, on CPU
+    max_abs: list[float]  # per loss, over all selected parameters (NaN if non-finite entries)
+    nonfinite: torch.Tensor  # (P, m) int64: non-finite entries of each loss's gradient per block
+    reached: torch.Tensor  # (P, m) bool: loss reaches the parameter in at least one batch
+    batch_gramians: torch.Tensor | None  # (B, m, m) float64, or None with a single batch
+    num_batches: int
+    strategy: str
+    fallbacks: tuple[FallbackReason, ...] = ()
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Return the fallbacks' messages, joined (None when the engine ran as asked)."""
+        return "; ".join(f.message for f in self.fallbacks) or None
+
+    def fell_back(self, kind: Fallback) -> bool:
+        """Return whether the engine fell back for `kind`."""
+        return any(f.kind == kind for f in self.fallbacks)
+
+    @property
+    def gramian(self) -> torch.Tensor:
+        """Return the whole-model Gramian G = sum_b G_b (m x m, float64)."""
+        return self.gramians.sum(dim=0)

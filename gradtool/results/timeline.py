@@ -1,0 +1,122 @@
+"""The `report` command's document: how the gradients of the losses relate over a training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from gradtool.results.base import Document
+
+Series = list[float | None]
+
+
+@dataclass
+class PairTimeline:
+    """One pair of losses over the records: its whole-model cosine, and when it conflicted."""
+
+    a: str
+    b: str
+    cos_start: float | None
+    cos_min: float | None
+    cos_max: float | None
+    cos_end: float | None
+    step_min: int | None  # the step where cos_min was recorded
+    conflict_fraction: float | None  # records with cos < 0 / records where cos is defined
+    first_conflict_step: int | None
+    last_conflict_step: int | None
+    trend: Series  # cos, downsampled to at most TREND_POINTS bin means
+
+    @property
+    def key(self) -> str:
+        """Return the pair's name, 'a~b' (as in `flat_metrics`)."""
+        return f"{self.a}~{self.b}"
+
+
+@dataclass
+class LossTimeline:
+    """One loss over the records: its value and its gradient norm at the start and the end."""
+
+    name: str
+    value_start: float | None
+    value_end: float | None
+    norm_start: float | None
+    norm_min: float | None
+    norm_max: float | None
+    norm_end: float | None
+    norm_ratio: float | None  # norm_end / norm_start
+    trend: Series  # gradient norm, downsampled
+
+
+@dataclass
+class WeightTimeline:
+    """One loss's MGDA min-norm weight over the records."""
+
+    name: str
+    start: float | None
+    mean: float | None
+    end: float | None
+    min: float | None
+    max: float | None
+
+
+@dataclass
+class MgdaRow:
+    """The MGDA result at one recorded step."""
+
+    step: int
+    weights: dict[str, float | None]
+    min_norm: float | None
+    stationary: bool
+
+
+@dataclass
+class LayerTimeline:
+    """One layer over the records: how often some pair conflicts there (its lowest cos < 0)."""
+
+    name: str
+    numel: int
+    records: int  # records holding this layer with a defined cosine
+    conflict_fraction: float | None  # records with lowest pairwise cos < 0 / records
+    mean_lowest_cos: float | None
+    first_conflict_step: int | None
+    worst_pair: str | None  # the pair with the lowest mean cosine here, 'a~b' (if it conflicts)
+    worst_pair_mean_cos: float | None
+    worst_pair_fraction: float | None  # its records with cos < 0 / records
+
+
+@dataclass
+class TimelineSeries:
+    """Per-record values, one entry per step, for plots and machine readers."""
+
+    steps: list[int]
+    loss_values: dict[str, Series]
+    norms: dict[str, Series]
+    cosine: dict[str, Series]  # keyed 'a~b'
+    mgda_weights: dict[str, Series]
+    mgda_min_norm: Series
+    layer_names: list[str]
+    layer_lowest_cos: list[Series]  # layers x steps: the lowest pairwise cosine in the layer
+
+
+@dataclass
+class TimelineReport(Document):
+    """What `gradtool report RUN.jsonl` found: tables over time, the series, a verdict."""
+
+    source: str
+    losses: list[str]
+    num_records: int
+    first_step: int
+    last_step: int
+    pairs: list[PairTimeline]
+    loss_trends: list[LossTimeline]
+    mgda: list[WeightTimeline]
+    mgda_rows: list[MgdaRow]
+    mgda_stationary_fraction: float | None
+    mgda_first_stationary_step: int | None
+    layers: list[LayerTimeline]
+    series: TimelineSeries
+    verdict: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    _fixed: ClassVar[dict[str, Any]] = {"command": "report"}

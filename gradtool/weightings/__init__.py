@@ -1,0 +1,33 @@
+"""The weighting methods: each a function from a Gramian G (m x m) to m loss weights.
+
+`WEIGHTINGS` maps each method's name to its `WeightingMethod`; see `registry` for each method.
+"""
+
+from gradtool.errors import MissingDependencyError, WeightingError
+from gradtool.weightings.registry import (
+    DEFAULT_METHOD,
+    INSTALL_SOLVERS,
+    WEIGHTINGS,
+    Weighting,
+    WeightingMethod,
+    canonical_name,
+    check_methods,
+    known_methods,
+    parse_methods,
+    preference_methods,
+)
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "INSTALL_SOLVERS",
+    "WEIGHTINGS",
+    "MissingDependencyError",
+    "Weighting",
+    "WeightingError",
+    "WeightingMethod",
+    "canonical_name",
+    "check_methods",
+    "known_methods",
+    "parse_methods",
+    "preference_methods",
+]
