@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from gradtool.analysis.convert import to_list
-from gradtool.engine import Strategy, batch_jacobian, block_gramian
+from gradtool.engine import Strategy, batch_jacobian, block_gramian, other_leaves
 from gradtool.errors import (
     LossError,
     NonFiniteGradientError,
@@ -172,8 +172,7 @@ class _Evaluator:
         self.strategy = strategy
         self.scope = _Scope(problem.model)
         self.selected = list(problem.parameters)
-        chosen = {id(p) for _, p in self.selected}
-        self.others = [p for p in problem.model.parameters() if id(p) not in chosen]
+        self.others = other_leaves(problem.model, [p for _, p in self.selected])
         self.buffers = dict(problem.model.named_buffers())
         self.names: list[str] = []
         device = problem.device or torch.device("cpu")

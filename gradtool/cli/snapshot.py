@@ -43,6 +43,7 @@ from gradtool.errors import UsageError
 
 if TYPE_CHECKING:
     from gradtool.api import InspectRequest
+    from gradtool.problem import LoadOptions
 
 
 @handle_errors
@@ -63,19 +64,8 @@ def inspect(
     plot: PlotFileOpt = None,
 ) -> None:
     """Per-loss gradient norms, pairwise cosines and conflicts, layers, unused parameters."""
-    request = _request(
-        "inspect",
-        gradfile,
-        params,
-        batches,
-        seed,
-        checkpoint,
-        device,
-        eval_mode,
-        depth,
-        strategy,
-        low_memory=low_memory,
-    )
+    load = load_options(params, batches, seed, checkpoint, device, eval_mode)
+    request = _request("inspect", gradfile, load, depth, strategy, low_memory)
     _execute(request, json_out, output, verbose, plot=plot)
 
 
@@ -112,19 +102,8 @@ def pareto(
 
     methods = methods_option(method)
     pref = _preference_option(preference, methods, compare)
-    request = _request(
-        "pareto",
-        gradfile,
-        params,
-        batches,
-        seed,
-        checkpoint,
-        device,
-        eval_mode,
-        depth,
-        strategy,
-        low_memory=low_memory,
-    )
+    load = load_options(params, batches, seed, checkpoint, device, eval_mode)
+    request = _request("pareto", gradfile, load, depth, strategy, low_memory)
     from dataclasses import replace
 
     options = ParetoOptions(
@@ -137,22 +116,17 @@ def pareto(
 def _request(
     command: str,
     gradfile: Path,
-    params: list[str] | None,
-    batches: int | None,
-    seed: int,
-    checkpoint: Path | None,
-    device: str,
-    eval_mode: bool,
+    load: LoadOptions,
     depth: int,
     strategy: StrategyChoice,
-    low_memory: bool = False,
+    low_memory: bool,
 ) -> InspectRequest:
     from gradtool.api import InspectRequest
 
     return InspectRequest(
         gradfile=gradfile,
         command=command,
-        load=load_options(params, batches, seed, checkpoint, device, eval_mode),
+        load=load,
         depth=depth,
         strategy=strategy.value,
         low_memory=low_memory,

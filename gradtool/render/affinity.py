@@ -7,7 +7,15 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from gradtool.render.common import EMPTY, fmt, percent, yes_no
+from gradtool.render.common import (
+    EMPTY,
+    fmt,
+    header,
+    percent,
+    print_verdict,
+    problem_parts,
+    yes_no,
+)
 from gradtool.results.affinity import AffinityReport
 
 
@@ -17,26 +25,15 @@ def render_affinity(report: AffinityReport, console: Console, *, verbose: bool =
     console.print(_affinity_grid(report))
     if report.methods_step:
         console.print(_method_steps_table(report))
-    for line in report.verdict:
-        console.print(Text("» ", style="bold") + Text(line))
+    print_verdict(console, report.verdict)
 
 
 def _affinity_header(report: AffinityReport, verbose: bool) -> Text:
-    p = report.parameters
     meta = report.meta
-    batches = f"{report.num_batches} batch" + ("es" if report.num_batches != 1 else "")
     where = "evaluated on the next batch (holdout)" if report.holdout else "same batch"
-    parts = [
-        f"{len(report.losses)} loss" + ("es" if len(report.losses) != 1 else ""),
-        f"{p['count']} parameter tensors ({p['numel']:,} values)",
-        batches,
-        f"lr {report.lr:g}",
-        where,
-        f"device {meta.get('device', 'cpu')}",
-    ]
-    text = Text(f"gradtool {report.command} ", style="bold")
-    text.append(str(meta.get("gradfile", "")), style="cyan")
-    text.append("\n" + " · ".join(parts), style="dim")
+    parts = problem_parts(len(report.losses), report.parameters, report.num_batches)
+    parts += [f"lr {report.lr:g}", where, f"device {meta.get('device', 'cpu')}"]
+    text = header(report.command, str(meta.get("gradfile", "")), parts)
     if verbose:
         text.append(f"\nseed {meta.get('seed')}", style="dim")
     return text

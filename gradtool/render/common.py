@@ -57,3 +57,31 @@ def yes_no(flag: bool) -> Text:
 def percent(x: float | None) -> str:
     """Return a fraction as a signed percentage with 3 significant digits ('--' if undefined)."""
     return EMPTY if x is None else f"{100 * x:+.3g}%"
+
+
+def plural(n: int, word: str, suffix: str = "s") -> str:
+    """Return '1 loss', '3 losses': `n` and `word`, with `suffix` unless n == 1."""
+    return f"{n} {word}" + (suffix if n != 1 else "")
+
+
+def header(command: str, source: str, parts: list[str]) -> Text:
+    """Return the two header lines: `gradtool COMMAND SOURCE`, then `parts` joined by ' · '."""
+    text = Text(f"gradtool {command} ", style="bold")
+    text.append(source, style="cyan")
+    text.append("\n" + " · ".join(parts), style="dim")
+    return text
+
+
+def problem_parts(n_losses: int, parameters: dict[str, int], num_batches: int) -> list[str]:
+    """Return the header's description of a problem: losses, parameter tensors, batches."""
+    return [
+        plural(n_losses, "loss", "es"),
+        f"{parameters['count']} parameter tensors ({parameters['numel']:,} values)",
+        plural(num_batches, "batch", "es"),
+    ]
+
+
+def print_verdict(console: Console, verdict: list[str]) -> None:
+    """Print each verdict line after a '»'."""
+    for line in verdict:
+        console.print(Text("» ", style="bold") + Text(line))

@@ -13,7 +13,15 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from gradtool.render.common import EMPTY, cos_text, fmt, yes_no
+from gradtool.render.common import (
+    EMPTY,
+    cos_text,
+    fmt,
+    header,
+    print_verdict,
+    problem_parts,
+    yes_no,
+)
 from gradtool.results.report import LayerStats, Report
 
 MAX_PAIR_COLUMNS = 6
@@ -43,23 +51,14 @@ def render_report(report: Report, console: Console, *, verbose: bool = False) ->
         console.print(_pareto_table(report))
     if methods_shown(report):
         console.print(methods_table(report))
-    for line in report.verdict:
-        console.print(Text("» ", style="bold") + Text(line))
+    print_verdict(console, report.verdict)
 
 
 def _header(report: Report, verbose: bool) -> Text:
-    p = report.parameters
     meta = report.meta
-    batches = f"{report.num_batches} batch" + ("es" if report.num_batches != 1 else "")
-    parts = [
-        f"{len(report.losses)} loss" + ("es" if len(report.losses) != 1 else ""),
-        f"{p['count']} parameter tensors ({p['numel']:,} values)",
-        batches,
-        f"device {meta.get('device', 'cpu')}",
-    ]
-    text = Text(f"gradtool {report.command} ", style="bold")
-    text.append(str(meta.get("gradfile", "")), style="cyan")
-    text.append("\n" + " · ".join(parts), style="dim")
+    parts = problem_parts(len(report.losses), report.parameters, report.num_batches)
+    parts.append(f"device {meta.get('device', 'cpu')}")
+    text = header(report.command, str(meta.get("gradfile", "")), parts)
     if verbose:
         text.append(f"\nstrategy {meta.get('strategy')}", style="dim")
         if meta.get("fallback_reason"):

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from gradtool.render.common import EMPTY, cos_style, cos_text, fmt
+from gradtool.render.common import EMPTY, cos_style, cos_text, fmt, header, print_verdict
 from gradtool.results.timeline import LayerTimeline, TimelineReport
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -32,8 +32,7 @@ def render_timeline(report: TimelineReport, console: Console) -> None:
     layers = _layers_table(report)
     if layers is not None:
         console.print(layers)
-    for line in report.verdict:
-        console.print(Text("» ", style="bold") + Text(line))
+    print_verdict(console, report.verdict)
 
 
 def sparkline(values: Sequence[float | None], *, log: bool = False, signed: bool = False) -> Text:
@@ -65,8 +64,6 @@ def _scale(v: float | None, log: bool) -> float | None:
 
 def _header(report: TimelineReport) -> Text:
     meta = report.meta
-    text = Text("gradtool report ", style="bold")
-    text.append(report.source, style="cyan")
     parts = [
         f"{len(report.losses)} losses",
         f"{report.num_records} records",
@@ -76,7 +73,7 @@ def _header(report: TimelineReport) -> Text:
         parts.append(f"every {meta['every']}")
     if meta.get("sessions", 0) > 1:
         parts.append(f"{meta['sessions']} sessions (resumed)")
-    text.append("\n" + " · ".join(parts), style="dim")
+    text = header("report", report.source, parts)
     extra = meta.get("metadata") or {}
     if extra:
         text.append("\n" + " · ".join(f"{k} {v}" for k, v in extra.items()), style="dim")
