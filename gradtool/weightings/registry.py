@@ -395,8 +395,17 @@ DEFAULT_METHOD = "mgda"
 
 
 def canonical_name(name: str) -> str:
-    """Return the registry key of a method name: lower case, '-' as '_' ('IMTL-G' -> 'imtl_g')."""
-    return name.strip().lower().replace("-", "_")
+    """Return the registry key of a method name, ignoring case, '-' and '_' ('IMTL-G', 'imtlg',
+    'imtl_g' -> 'imtl_g'); an unknown name comes back lower-cased, as given."""
+    key = _squashed(name)
+    return _BY_SQUASHED.get(key, name.strip().lower())
+
+
+def _squashed(name: str) -> str:
+    return name.strip().lower().replace("-", "").replace("_", "")
+
+
+_BY_SQUASHED = {_squashed(name): name for name in WEIGHTINGS}
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -421,8 +430,9 @@ def parse_methods(text: str) -> tuple[str, ...]:
 
 
 def check_methods(names: Sequence[str]) -> tuple[str, ...]:
-    """Return the registry names `names`, in order, without duplicates; raise a `UsageError`
-    naming the first unknown one."""
+    """Return the registry names of `names` (any case, '-' or '_'), in order, without duplicates;
+    raise a `UsageError` naming the first unknown one."""
+    names = [canonical_name(name) for name in names]
     unknown = [name for name in names if name not in WEIGHTINGS]
     if unknown:
         raise UsageError(
