@@ -1,4 +1,8 @@
-"""Shared fixtures: write a gradfile into a temporary folder, and a CLI runner."""
+"""Shared fixtures: write a gradfile into a temporary folder, and a CLI runner.
+
+Plain helpers (paths, gradfile snippets, `invoke`, `strict_json`, the `TwoHeads` model) are in
+tests/_models.py; hand-made run-log records in tests/_runlog_samples.py.
+"""
 
 from __future__ import annotations
 

@@ -8,10 +8,10 @@ import subprocess
 import sys
 import textwrap
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
+from _models import ROOT
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -297,7 +297,7 @@ def _peak_extra(mode: str) -> int:
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=ROOT,
         check=True,
     )
     return int(json.loads(done.stdout.strip().splitlines()[-1])["peak"])

@@ -1,45 +1,26 @@
 """Lookahead affinity: values against an independent SGD step on deep copies, the user's model
-left bit-for-bit unchanged (BatchNorm in train mode, dropout), holdout, and the CLI."""
+left bit-for-bit unchanged (BatchNorm in train mode, dropout), and holdout. The command line:
+tests/e2e/test_affinity_cli.py."""
 
 from __future__ import annotations
 
 import copy
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from _models import TwoHeads
 from torch import nn
-from typer.testing import CliRunner
 
 from gradtool.analysis import lookahead_affinity
-from gradtool.cli import app
 from gradtool.cli.errors import cli_option
 from gradtool.errors import UsageError
 from gradtool.linalg.min_norm import min_norm_weights
 from gradtool.problem import Problem
 
-ROOT = Path(__file__).resolve().parent.parent
-MULTITASK = ROOT / "samples" / "multitask.py"
 LR = 0.05
-
-
-class TwoHeads(nn.Module):
-    """A trunk with BatchNorm (and optional dropout) feeding two heads, in float64."""
-
-    def __init__(self, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(
-            nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(dropout), nn.Linear(8, 8)
-        )
-        self.a = nn.Linear(8, 1)
-        self.b = nn.Linear(8, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.trunk(x)
-        return self.a(h).squeeze(-1), self.b(h).squeeze(-1)
 
 
 def as64(values: Any) -> torch.Tensor:
@@ -57,13 +38,15 @@ def make_batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def losses(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
     x, y = batch
-    pa, pb = model(x)
+    pa, pb = (p.squeeze(-1) for p in model(x))
     return {"fit": ((pa - y) ** 2).mean(), "anti": ((pb - 0.5 * pa + y) ** 2).mean() + 0.1}
 
 
 def make_model(dropout: float = 0.0) -> TwoHeads:
+    """A trunk with BatchNorm (and optional dropout) feeding two heads, in float64."""
     torch.manual_seed(0)
-    return TwoHeads(dropout).double().train()
+    trunk = (nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Dropout(dropout), nn.Linear(8, 8))
+    return TwoHeads(*trunk).double().train()
 
 
 def make_problem(model: nn.Module, batches: list[Any] | None, **kwargs: Any) -> Problem:
@@ -236,7 +219,7 @@ def test_non_positive_loss_has_no_ratio_but_an_absolute_change() -> None:
 def test_diverging_step_is_reported_not_raised() -> None:
     def exploding(model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         x, _ = batch
-        pa, pb = model(x)
+        pa, pb = (p.squeeze(-1) for p in model(x))
         return {"a": torch.exp(pa).mean(), "b": torch.exp(pb).mean()}
 
     model = make_model()
@@ -251,123 +234,3 @@ def test_bad_lr_is_a_usage_error() -> None:
         with pytest.raises(UsageError, match=r"^lr should be a positive number") as info:
             lookahead_affinity(make_problem(model, make_batches(1)), lr)
         assert info.value.worded(cli_option)[0].startswith("--lr should be a positive number")
-
-
-def test_multitask_sample_verdict_compares_mgda_and_mean() -> None:
-    result = CliRunner().invoke(app, ["affinity", str(MULTITASK), "--lr", "0.1", "--json"])
-    assert result.exit_code == 0, result.output
-    body = json.loads(result.stdout)
-    for key in (
-        "schema_version",
-        "command",
-        "losses",
-        "loss_values",
-        "num_batches",
-        "parameters",
-        "lr",
-        "holdout",
-        "affinity",
-        "affinity_first_order",
-        "loss_change",
-        "loss_change_first_order",
-        "methods_step",
-        "verdict",
-    ):
-        assert key in body, key
-    assert body["command"] == "affinity" and body["lr"] == 0.1 and body["holdout"] is False
-    m = len(body["losses"])
-    assert len(body["affinity"]) == m and all(len(row) == m for row in body["affinity_first_order"])
-    steps = {s["method"]: s for s in body["methods_step"]}
-    assert steps["mgda"]["lowers_every_loss"] is True
-    assert steps["mean"]["lowers_every_loss"] is False
-    assert (
-        body["verdict"][0] == "one step of mgda lowers every loss; one step of mean raises normals"
-    )
-    depth, normals = body["losses"].index("depth"), body["losses"].index("normals")
-    assert body["affinity"][depth][normals] < 0  # the conflicting pair
-
-
-def test_cli_renders_the_grid_and_the_method_steps() -> None:
-    result = CliRunner().invoke(
-        app, ["affinity", str(MULTITASK), "--lr", "0.1", "--method", "mgda,upgrad"]
-    )
-    assert result.exit_code == 0, result.output
-    out = result.stdout
-    assert "Lookahead affinity Z[i->j]" in out and "step on" in out
-    assert "upgrad" in out and "lowers all" in out
-    assert "one step of mgda lowers every loss" in out
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--lr", "0"], "--lr should be a positive number"),
-        (["--lr", "-0.5"], "--lr should be a positive number"),
-        (["--lr", "0.1", "--holdout"], "at least 2 batches"),
-        (["--lr", "0.1", "--method", "nope"], "unknown method 'nope'"),
-    ],
-)
-def test_cli_bad_usage_exits_2_without_output(
-    args: list[str], message: str, tmp_path: Path
-) -> None:
-    out = tmp_path / "report.json"
-    result = CliRunner().invoke(app, ["affinity", str(MULTITASK), *args, "-o", str(out)])
-    assert result.exit_code == 2, result.output
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert not out.exists() and result.stdout == ""
-
-
-def test_cli_missing_lr_exits_2() -> None:
-    result = CliRunner().invoke(app, ["affinity", str(MULTITASK)])
-    assert result.exit_code == 2
-
-
-def test_cli_holdout_on_batches_and_output_file(tmp_path: Path) -> None:
-    out = tmp_path / "affinity.json"
-    result = CliRunner().invoke(
-        app,
-        [
-            "affinity",
-            str(ROOT / "samples" / "batches.py"),
-            "--lr",
-            "0.1",
-            "--holdout",
-            "--batches",
-            "4",
-            "-o",
-            str(out),
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    body = json.loads(out.read_text())
-    assert body["holdout"] is True and body["num_batches"] == 4
-    assert "next batch (holdout)" in result.stdout
-
-
-def test_losses_that_differentiate_inside_still_run() -> None:
-    # samples/meta.py takes an inner SGD step with autograd.grad(create_graph=True) in `losses`.
-    result = CliRunner().invoke(
-        app, ["affinity", str(ROOT / "samples" / "meta.py"), "--lr", "0.05", "--json"]
-    )
-    assert result.exit_code == 0, result.output
-    body = json.loads(result.stdout)
-    assert all(v is not None for row in body["affinity"] for v in row)
-
-
-def test_nonfinite_gradients_are_named_not_a_solver_failure(tmp_path) -> None:
-    from typer.testing import CliRunner
-
-    from gradtool.cli import app
-
-    path = tmp_path / "nan.py"
-    path.write_text(
-        "import torch\n"
-        "model = torch.nn.Linear(2, 1)\n"
-        "def losses(m):\n"
-        "    out = m(torch.ones(1, 2)).sum()\n"
-        "    bad = torch.sqrt((m.weight - m.weight.detach()).sum().abs())\n"
-        "    return {'ok': out, 'bad': bad + out}\n"
-    )
-    result = CliRunner().invoke(app, ["affinity", str(path), "--lr", "0.1"])
-    assert result.exit_code == 1
-    assert "non-finite gradients" in result.stderr and "'bad'" in result.stderr

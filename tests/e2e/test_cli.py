@@ -4,7 +4,6 @@ input a one-line error with a hint, the right exit code, no gradtool traceback, 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -15,15 +14,21 @@ from typing import Any
 
 import pytest
 import torch
+from _models import (
+    BATCH_LOSSES,
+    HEADER,
+    LOSSES,
+    ROOT,
+    SAMPLE_NAMES,
+    SAMPLES,
+    invoke,
+    strict_json,
+)
 from typer.testing import CliRunner, Result
 
 import gradtool
-from gradtool.cli import app
 from gradtool.problem import LoadOptions, load_problem
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ROOT / "samples"
-SAMPLE_NAMES = ("multitask", "checkpointed", "meta", "actor_critic", "batches")
 GRADTOOL_DIR = str(Path(gradtool.__file__).resolve().parent)
 CONTRACT_KEYS = (
     "schema_version",
@@ -49,43 +54,13 @@ PARETO_KEYS = (
     "stationary",
 )
 
-HEADER = """
-import torch
-from torch import nn
-"""
 LINEAR = HEADER + "model = nn.Linear(3, 1)\n"
-LOSSES = """
-def losses(model):
-    y = model(torch.ones(4, 3))
-    return {"mean": y.mean(), "square": (y ** 2).mean()}
-"""
-BATCH_LOSSES = """
-def losses(model, batch):
-    y = model(batch)
-    return {"mean": y.mean(), "square": (y ** 2).mean()}
-"""
 GOOD = LINEAR + LOSSES
 
 
 @pytest.fixture(autouse=True)
 def _no_debug_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GRADTOOL_DEBUG", raising=False)
-
-
-def invoke(runner: CliRunner, *args: object) -> Result:
-    """Run the CLI in-process; an exception other than SystemExit escapes (it is a gradtool bug)."""
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def strict_json(text: str) -> dict[str, Any]:
-    """Return `text` parsed as exactly one JSON document, refusing NaN and infinities."""
-
-    def refuse(name: str) -> None:
-        raise ValueError(f"non-standard JSON constant {name}")
-
-    doc = json.loads(text, parse_constant=refuse)
-    assert isinstance(doc, dict)
-    return doc
 
 
 def run_json(runner: CliRunner, command: str, gradfile: Path, *options: object) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from runlog_samples import conflict_run, make_record, unit, write_run
+from _runlog_samples import conflict_run, make_record, unit, write_run
 
 from gradtool.errors import RunLogError
 from gradtool.results.runlog import Record, read_run

@@ -6,16 +6,8 @@ import json
 from pathlib import Path
 
 import torch
+from _models import HEADER, SAMPLES, invoke
 from torch import nn
-from typer.testing import CliRunner, Result
-
-from gradtool.cli import app
-
-HEADER = "import torch\nfrom torch import nn\n"
-
-
-def invoke(runner: CliRunner, *args: object) -> Result:
-    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_prints_in_the_gradfile_go_to_stderr_so_json_stays_pure(runner, write_gradfile) -> None:
@@ -195,46 +187,8 @@ def test_output_file_is_readable_like_any_new_file(runner, tmp_path: Path) -> No
     import stat
 
     out = tmp_path / "report.json"
-    samples = Path(__file__).resolve().parent.parent / "samples"
-    result = invoke(runner, "inspect", samples / "actor_critic.py", "-o", out)
+    result = invoke(runner, "inspect", SAMPLES / "actor_critic.py", "-o", out)
     assert result.exit_code == 0
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
-
-
-def test_bfloat16_model_mean_over_many_batches_is_accurate() -> None:
-    from gradtool.engine import compute_gramians
-    from gradtool.problem import Problem
-
-    torch.manual_seed(0)
-    model = nn.Linear(8, 2).to(torch.bfloat16)
-    batches = [torch.randn(16, 8).to(torch.bfloat16) for _ in range(128)]
-
-    def losses(m: nn.Module, x: torch.Tensor) -> dict:
-        y = m(x).float()
-        return {"a": y[:, 0].pow(2).mean(), "b": y[:, 1].mean()}
-
-    params = list(model.parameters())
-    rows = []
-    for x in batches:
-        ls = losses(model, x)
-        rows.append(
-            torch.stack(
-                [
-                    torch.cat(
-                        [
-                            g.double().reshape(-1)
-                            for g in torch.autograd.grad(v, params, retain_graph=True)
-                        ]
-                    )
-                    for v in ls.values()
-                ]
-            )
-        )
-    j = torch.stack(rows).mean(dim=0)
-    problem = Problem(
-        model=model, losses=losses, parameters=list(model.named_parameters()), batches=batches
-    )
-    result = compute_gramians(problem)
-    torch.testing.assert_close(result.gramian, j @ j.T, rtol=1e-5, atol=1e-8)

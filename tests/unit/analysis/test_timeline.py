@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from runlog_samples import conflict_run, gram, make_record, unit
+from _runlog_samples import conflict_run, gram, make_record, unit
 
 from gradtool.analysis.timeline import build_timeline, downsample
 from gradtool.results.runlog import RunLog

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _models import TwoHeads
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -15,20 +16,17 @@ from gradtool.problem import Problem
 STRATEGIES = ["auto", "batched", "loop", "backward"]
 
 
-class TwoHeads(nn.Module):
-    def __init__(self, mode: str | None = None) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh())
-        self.a = nn.Linear(8, 1)
-        self.b = nn.Linear(8, 2)
-        self.unused = nn.Linear(8, 1)
-        self.mode = mode
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.trunk[0](x)  # the checkpointed segment's input requires grad, as reentrant needs
-        if self.mode is None:
-            return self.trunk[1:](h)
-        return checkpoint(self.trunk[1:], h, use_reentrant=self.mode == "reentrant")
+def two_heads(mode: str | None = None) -> TwoHeads:
+    """A tanh trunk, heads `a` (1 output) and `b` (2), a head `unused`; `mode` checkpoints it."""
+    return TwoHeads(
+        nn.Linear(5, 8),
+        nn.Tanh(),
+        nn.Linear(8, 8),
+        nn.Tanh(),
+        b_out=2,
+        unused=True,
+        checkpointing=mode,
+    )
 
 
 def two_head_losses(model: TwoHeads, batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
@@ -70,7 +68,7 @@ def reference_jacobian(model: nn.Module, losses: dict, params: list[torch.Tensor
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_gramian_matches_plain_loop_of_autograd_grad(strategy: str) -> None:
     torch.manual_seed(0)
-    model = TwoHeads()
+    model = two_heads()
     batch = make_batches(1)[0]
     params = [p for p in model.parameters()]
     j = reference_jacobian(model, two_head_losses(model, batch), params)
@@ -87,7 +85,7 @@ def test_gramian_matches_plain_loop_of_autograd_grad(strategy: str) -> None:
 
 def test_strategies_agree_and_report_their_name() -> None:
     torch.manual_seed(1)
-    model = TwoHeads()
+    model = two_heads()
     batches = make_batches(3)
     results = {s: compute_gramians(problem_for(model, batches), strategy=s) for s in STRATEGIES}
     for s in STRATEGIES[1:]:
@@ -103,7 +101,7 @@ def test_strategies_agree_and_report_their_name() -> None:
 
 def test_mean_over_batches_is_the_gradient_of_the_mean_loss() -> None:
     torch.manual_seed(2)
-    model = TwoHeads()
+    model = two_heads()
     batches = make_batches(4)
     params = list(model.parameters())
     js = [reference_jacobian(model, two_head_losses(model, b), params) for b in batches]
@@ -160,8 +158,8 @@ def test_unused_comes_from_the_graph_not_from_zero_checks(strategy: str) -> None
 @pytest.mark.parametrize("mode", ["reentrant", "non_reentrant"])
 def test_activation_checkpointing_gives_the_plain_gradients(mode: str) -> None:
     torch.manual_seed(3)
-    plain = TwoHeads()
-    ckpt = TwoHeads(mode=mode)
+    plain = two_heads()
+    ckpt = two_heads(mode)
     ckpt.load_state_dict(plain.state_dict())
     batches = make_batches(2)
     expected = compute_gramians(problem_for(plain, batches), strategy="loop")
@@ -179,7 +177,7 @@ def test_activation_checkpointing_gives_the_plain_gradients(mode: str) -> None:
 
 def test_reentrant_checkpoint_leaves_every_grad_as_found() -> None:
     torch.manual_seed(4)
-    model = TwoHeads(mode="reentrant")
+    model = two_heads("reentrant")
     sentinel = torch.full_like(model.a.weight, 7.0)
     model.a.weight.grad = sentinel
     selected = [(n, p) for n, p in model.named_parameters() if n.startswith("a.")]
@@ -289,7 +287,7 @@ def test_auto_falls_back_to_the_loop_where_vmap_cannot_run(
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_model_left_as_found(strategy: str) -> None:
     torch.manual_seed(7)
-    model = TwoHeads()
+    model = two_heads()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     compute_gramians(problem_for(model, make_batches(2)), strategy=strategy)
     for n, p in model.named_parameters():
@@ -363,3 +361,37 @@ def test_backward_strategy_leaves_input_grads_as_found() -> None:
     assert result.strategy == "backward"
     assert x.grad is None
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_bfloat16_model_mean_over_many_batches_is_accurate() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(8, 2).to(torch.bfloat16)
+    batches = [torch.randn(16, 8).to(torch.bfloat16) for _ in range(128)]
+
+    def losses(m: nn.Module, x: torch.Tensor) -> dict:
+        y = m(x).float()
+        return {"a": y[:, 0].pow(2).mean(), "b": y[:, 1].mean()}
+
+    params = list(model.parameters())
+    rows = []
+    for x in batches:
+        ls = losses(model, x)
+        rows.append(
+            torch.stack(
+                [
+                    torch.cat(
+                        [
+                            g.double().reshape(-1)
+                            for g in torch.autograd.grad(v, params, retain_graph=True)
+                        ]
+                    )
+                    for v in ls.values()
+                ]
+            )
+        )
+    j = torch.stack(rows).mean(dim=0)
+    problem = Problem(
+        model=model, losses=losses, parameters=list(model.named_parameters()), batches=batches
+    )
+    result = compute_gramians(problem)
+    torch.testing.assert_close(result.gramian, j @ j.T, rtol=1e-5, atol=1e-8)

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from runlog_samples import conflict_run, make_record, unit
+from _models import PNG_SIGNATURE
+from _runlog_samples import conflict_run, make_record, unit
 
 import gradtool
 from gradtool.analysis import build_timeline
 from gradtool.errors import GradtoolError
 from gradtool.render.plots import TIMELINE_FIGURES, plot_snapshot, plot_timeline
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _models import BATCH_LOSSES, HEADER, LOSSES, SAMPLE_NAMES, SAMPLES
 from torch import nn
 
 from gradtool.cli.errors import cli_option
@@ -22,26 +23,6 @@ from gradtool.problem import (
     select_parameters,
     validate_losses,
 )
-
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-SAMPLE_NAMES = ("multitask", "checkpointed", "meta", "actor_critic", "batches")
-
-HEADER = """
-import torch
-from torch import nn
-"""
-
-LOSSES = """
-def losses(model):
-    y = model(torch.ones(4, 3))
-    return {"mean": y.mean(), "square": (y ** 2).mean()}
-"""
-
-BATCH_LOSSES = """
-def losses(model, batch):
-    y = model(batch)
-    return {"mean": y.mean(), "square": (y ** 2).mean()}
-"""
 
 
 def line_of(path: Path, marker: str) -> int:

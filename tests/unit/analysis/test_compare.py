@@ -1,29 +1,22 @@
 """Weighting methods side by side: every statistic checked against explicit vectors d = J^T w,
-the report's `methods` section, and `gradtool pareto --method/--compare/--preference`."""
+and the report's `methods` section. `gradtool pareto --method/--compare/--preference`:
+tests/e2e/test_compare_cli.py; direction statistics alone: tests/unit/linalg/test_direction.py."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import math
-from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from gradtool.analysis import ParetoOptions, build_report
 from gradtool.analysis.compare import compare_methods
-from gradtool.api import InspectRequest, run_gradfile
-from gradtool.cli import app
 from gradtool.engine import EngineResult
 from gradtool.errors import UsageError
 from gradtool.linalg.direction import direction_stats, numerical_rank
 from gradtool.weightings import WEIGHTINGS, MissingDependencyError
 from gradtool.weightings import registry as weightings
 
-ROOT = Path(__file__).resolve().parent.parent
-MULTITASK = ROOT / "samples" / "multitask.py"
 NAMES = ["a", "b", "c"]
 J = torch.tensor(
     [[3.0, 0.5, -1.0, 2.0], [-2.0, 1.0, 0.5, -1.5], [0.2, -0.4, 2.5, 0.3]], dtype=torch.float64
@@ -56,36 +49,6 @@ def test_direction_statistics_match_explicit_vectors(name: str) -> None:
         assert cos is not None and cos == pytest.approx(cosines[i], abs=1e-9)
     assert result.decreases_all == all(r >= -1e-9 for r in derivs)
     assert result.method == name and result.name == method.display
-
-
-def test_mean_direction_of_a_conflict_raises_a_loss() -> None:
-    j = torch.tensor([[1.0, 0.0], [-3.0, 0.1]], dtype=torch.float64)
-    stats = direction_stats(j @ j.T, torch.tensor([0.5, 0.5], dtype=torch.float64))
-    d = j.T @ torch.tensor([0.5, 0.5], dtype=torch.float64)
-    assert stats.directional_derivatives[0] == pytest.approx(float(j[0] @ d))
-    assert stats.directional_derivatives[0] < 0 and not stats.decreases_all
-
-
-def test_zero_direction_and_zero_gradient_have_no_cosine() -> None:
-    j = torch.tensor([[1.0, 2.0], [-1.0, -2.0], [0.0, 0.0]], dtype=torch.float64)
-    stats = direction_stats(j @ j.T, torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64))
-    assert stats.norm == 0.0 and stats.cosine == [None, None, None]
-    assert stats.decreases_all  # every rate is exactly 0: flat, not increasing
-    stats = direction_stats(j @ j.T, torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
-    assert stats.cosine[0] == pytest.approx(1.0) and stats.cosine[2] is None
-
-
-def test_round_off_rates_are_zero_and_do_not_count_as_conflicts() -> None:
-    # d = g_0 projected off g_1, so <g_1, d> = 0 in exact arithmetic, -1.1e-16 in float64.
-    j = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    g = j @ j.T
-    w = torch.tensor([1.0, float(-g[0, 1] / g[1, 1])], dtype=torch.float64)
-    assert float((g @ w)[1]) < 0  # the raw rate reads as a (tiny) conflict
-    stats = direction_stats(g, w)
-    assert stats.directional_derivatives[1] == 0.0 and stats.cosine[1] == 0.0
-    assert stats.decreases_all
-    w[1] *= 0.999  # a real (if small) conflict stays one
-    assert not direction_stats(g, w).decreases_all
 
 
 def test_decreases_all_is_scale_free() -> None:
@@ -204,73 +167,3 @@ def test_report_keeps_pareto_as_mgda_and_lists_methods() -> None:
     assert body["methods"][1]["weights"] == pytest.approx(body["pareto"]["weights"])
     inspect = build_report(_engine_result(), command="inspect").to_dict()
     assert "methods" not in inspect and "pareto" not in inspect
-
-
-def test_cli_compare_prints_one_table_with_every_method() -> None:
-    result = CliRunner().invoke(app, ["pareto", str(MULTITASK), "--compare"])
-    assert result.exit_code == 0, result.output
-    out = result.stdout
-    assert "Weighting methods" in out
-    for name, method in WEIGHTINGS.items():
-        if method.available:
-            assert f"\n {name} " in out
-    assert "lowers" in out and "yes" in out and "no" in out
-
-
-def test_cli_method_list_json_has_one_entry_per_method() -> None:
-    result = CliRunner().invoke(
-        app, ["pareto", str(MULTITASK), "--method", "mgda,mean,imtl-g", "--json"]
-    )
-    assert result.exit_code == 0, result.output
-    body = json.loads(result.stdout)
-    assert [m["method"] for m in body["methods"]] == ["mgda", "mean", "imtl_g"]
-    assert body["pareto"]["method"] == "mgda"
-    mean = body["methods"][1]
-    # The multitask sample's depth and normals conflict: the mean raises normals.
-    assert mean["directional_derivatives"]["normals"] < 0 and mean["decreases_all"] is False
-    assert body["methods"][0]["decreases_all"] is True
-    assert (
-        "to first order mean raises normals; the 2 other methods lower every loss"
-        in (body["verdict"])
-    )
-    for m in body["methods"]:
-        assert all(c is None or -1 <= c <= 1 for c in m["cosine"].values())
-        assert math.isfinite(m["norm"])
-
-
-def test_cli_default_pareto_still_lists_mgda_alone() -> None:
-    report = run_gradfile(InspectRequest(MULTITASK, command="pareto", pareto=ParetoOptions()))
-    assert report.methods is not None and [m.method for m in report.methods] == ["mgda"]
-    result = CliRunner().invoke(app, ["pareto", str(MULTITASK)])
-    assert result.exit_code == 0 and "Weighting methods" not in result.stdout
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--method", "mgda,nope"], "unknown method 'nope'"),
-        (["--preference", "1,1,1"], "none of --method mgda takes one"),
-        (["--method", "upgrad", "--preference", "1,x"], "comma-separated numbers"),
-        (["--method", "upgrad", "--preference", "1,-1,1"], "positive"),
-        (["--method", "upgrad", "--preference", "1,1"], "2 values but the gradfile has 3"),
-    ],
-)
-def test_cli_bad_method_or_preference_exits_2(args: list[str], message: str) -> None:
-    result = CliRunner().invoke(app, ["pareto", str(MULTITASK), *args])
-    assert result.exit_code == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
-    assert result.stdout == ""
-
-
-def test_cli_missing_solver_exits_1_with_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        weightings.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "quadprog" else real(name, *a),
-    )
-    result = CliRunner().invoke(app, ["pareto", str(MULTITASK), "--method", "upgrad"])
-    assert result.exit_code == 1
-    assert "quadprog" in result.stderr and "gradtool[solvers]" in result.stderr
-    result = CliRunner().invoke(app, ["pareto", str(MULTITASK), "--compare"])
-    assert result.exit_code == 0 and "skipped upgrad" in result.stderr

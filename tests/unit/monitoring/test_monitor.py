@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from _models import ROOT, SAMPLES, TwoHeads
 from torch import nn
 
 import gradtool
@@ -22,18 +23,9 @@ STEPS = 12
 EVERY = 3
 
 
-class TwoHeads(nn.Module):
+def make_model() -> TwoHeads:
     """A shared trunk with dropout (so the forward draws random numbers) and two heads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.25))
-        self.head_a = nn.Linear(8, 1)
-        self.head_b = nn.Linear(8, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.trunk(x)
-        return self.head_a(h), self.head_b(h)
+    return TwoHeads(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.25))
 
 
 X = torch.linspace(-1, 1, 32).reshape(8, 4)
@@ -48,7 +40,7 @@ def task_losses(model: TwoHeads) -> dict[str, torch.Tensor]:
 def train(monitor: Monitor | None, steps: int = STEPS) -> dict[str, Any]:
     """Return the parameters, .grad and RNG state after `steps` Adam steps (seed 0)."""
     torch.manual_seed(0)
-    model = TwoHeads()
+    model = make_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(steps):
         losses = task_losses(model)
@@ -90,7 +82,7 @@ def test_the_users_backward_after_a_recorded_step_gives_the_same_gradients(
     tmp_path: Path,
 ) -> None:
     torch.manual_seed(0)
-    model = TwoHeads().eval()
+    model = make_model().eval()
     reference = torch.autograd.grad(sum(task_losses(model).values()), list(model.parameters()))
     losses = task_losses(model)
     with Monitor(tmp_path / "run.jsonl", every=1) as monitor:
@@ -107,7 +99,7 @@ def test_the_users_backward_after_a_recorded_step_gives_the_same_gradients(
     "gets the analysis' gradient in its .grad (engine limitation, reported)",
 )
 def test_a_retained_non_leaf_grad_is_left_alone(tmp_path: Path) -> None:
-    model = TwoHeads().eval()
+    model = make_model().eval()
     a, b = model(X)
     a.retain_grad()
     losses = {"task_a": ((a - Y) ** 2).mean(), "task_b": ((b + Y) ** 2).mean()}
@@ -127,7 +119,7 @@ def test_skipped_steps_never_call_the_analysis(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(gradtool.monitoring.monitor, "compute_gramians", counting)
-    model = TwoHeads()
+    model = make_model()
     with Monitor(tmp_path / "run.jsonl", every=5) as monitor:
         results = [monitor.step(model, task_losses(model)) for _ in range(12)]
     assert len(calls) == 3  # steps 0, 5, 10
@@ -148,7 +140,7 @@ class Untouchable(Mapping[str, torch.Tensor]):
 
 
 def test_a_skipped_step_reads_neither_the_model_nor_the_losses(tmp_path: Path) -> None:
-    model = TwoHeads()
+    model = make_model()
     with Monitor(tmp_path / "run.jsonl", every=10) as monitor:
         monitor.step(model, task_losses(model))  # step 0 is recorded
         for _ in range(9):
@@ -156,7 +148,7 @@ def test_a_skipped_step_reads_neither_the_model_nor_the_losses(tmp_path: Path) -
 
 
 def test_explicit_steps_decide_what_is_recorded_and_a_repeat_is_skipped(tmp_path: Path) -> None:
-    model = TwoHeads()
+    model = make_model()
     with Monitor(tmp_path / "run.jsonl", every=5) as monitor:
         assert monitor.step(model, task_losses(model), step=7) is None
         record = monitor.step(model, task_losses(model), step=10)
@@ -166,7 +158,7 @@ def test_explicit_steps_decide_what_is_recorded_and_a_repeat_is_skipped(tmp_path
 
 
 def test_a_record_holds_the_analysis_of_the_live_losses(tmp_path: Path) -> None:
-    model = TwoHeads().eval()
+    model = make_model().eval()
     losses = task_losses(model)
     report = gradtool.analyze(model, losses, pareto=gradtool.ParetoOptions())
     with Monitor(tmp_path / "run.jsonl", every=1) as monitor:
@@ -183,7 +175,7 @@ def test_a_record_holds_the_analysis_of_the_live_losses(tmp_path: Path) -> None:
 
 def test_the_file_is_a_header_then_one_flushed_line_per_record(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "run.jsonl"  # folders are created
-    model = TwoHeads()
+    model = make_model()
     monitor = Monitor(path, every=2, metadata={"lr": 0.05})
     for _ in range(4):
         monitor.step(model, task_losses(model))
@@ -208,7 +200,7 @@ def test_the_file_is_a_header_then_one_flushed_line_per_record(tmp_path: Path) -
 
 def test_a_resumed_run_appends_after_a_truncated_line(tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
-    model = TwoHeads()
+    model = make_model()
     with Monitor(path, every=1) as monitor:
         monitor.step(model, task_losses(model), step=0)
     with open(path, "a", encoding="utf-8") as fh:
@@ -224,7 +216,7 @@ def test_a_resumed_run_appends_after_a_truncated_line(tmp_path: Path) -> None:
 
 def test_append_false_starts_the_file_afresh(tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
-    model = TwoHeads()
+    model = make_model()
     for _ in range(2):
         with Monitor(path, every=1, append=False) as monitor:
             monitor.step(model, task_losses(model))
@@ -233,7 +225,7 @@ def test_append_false_starts_the_file_afresh(tmp_path: Path) -> None:
 
 
 def test_flat_metrics_are_finite_floats_under_logger_keys(tmp_path: Path) -> None:
-    model = TwoHeads().eval()
+    model = make_model().eval()
     with Monitor(tmp_path / "run.jsonl", every=1) as monitor:
         assert monitor.flat_metrics() == {}
         record = monitor.step(model, task_losses(model))
@@ -259,7 +251,7 @@ def test_flat_metrics_are_finite_floats_under_logger_keys(tmp_path: Path) -> Non
 
 
 def test_flat_metrics_leave_out_an_undefined_cosine(tmp_path: Path) -> None:
-    model = TwoHeads().eval()
+    model = make_model().eval()
     a, _ = model(X)
     losses = {"task_a": (a**2).mean(), "flat": 0.0 * a.sum()}  # a zero gradient: cos undefined
     with Monitor(tmp_path / "run.jsonl", every=1, pareto=False) as monitor:
@@ -271,20 +263,20 @@ def test_flat_metrics_leave_out_an_undefined_cosine(tmp_path: Path) -> None:
 
 
 def test_parameters_restrict_the_analysis(tmp_path: Path) -> None:
-    model = TwoHeads()
+    model = make_model()
     trunk = list(model.trunk.named_parameters(prefix="trunk"))
     with Monitor(tmp_path / "a.jsonl", every=1, parameters=trunk) as monitor:
         record = monitor.step(model, task_losses(model))
     assert record is not None and record.parameters == {"count": 2, "numel": 40}
     with Monitor(
-        tmp_path / "b.jsonl", every=1, parameters=lambda m: m.head_a.named_parameters()
+        tmp_path / "b.jsonl", every=1, parameters=lambda m: m.a.named_parameters()
     ) as monitor:
         record = monitor.step(model, task_losses(model))
     assert record is not None and record.parameters == {"count": 2, "numel": 9}
 
 
 def test_a_non_finite_step_is_skipped_with_a_warning_not_an_exception(tmp_path: Path) -> None:
-    model = TwoHeads()
+    model = make_model()
     losses = task_losses(model)
     losses["task_b"] = losses["task_b"] * float("nan")
     with Monitor(tmp_path / "run.jsonl", every=1) as monitor:
@@ -295,14 +287,14 @@ def test_a_non_finite_step_is_skipped_with_a_warning_not_an_exception(tmp_path: 
 
 
 def test_a_detached_loss_is_still_an_error(tmp_path: Path) -> None:
-    model = TwoHeads()
+    model = make_model()
     losses = {k: v.detach() for k, v in task_losses(model).items()}
     with Monitor(tmp_path / "run.jsonl", every=1) as monitor, pytest.raises(LossError):
         monitor.step(model, losses)
 
 
 def test_a_step_after_the_users_backward_says_to_call_it_before(tmp_path: Path) -> None:
-    model = TwoHeads()
+    model = make_model()
     losses = task_losses(model)
     sum(losses.values()).backward()
     monitor = Monitor(tmp_path / "run.jsonl", every=1)
@@ -341,7 +333,7 @@ def test_a_directory_path_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_non_integer_step_is_refused_on_a_recorded_step(tmp_path: Path) -> None:
-    model = TwoHeads()
+    model = make_model()
     with (
         Monitor(tmp_path / "run.jsonl", every=1) as monitor,
         pytest.raises(ValueError, match="step"),
@@ -354,10 +346,7 @@ def test_the_training_example_writes_the_committed_run_log(
 ) -> None:
     import importlib.util
 
-    root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location(
-        "train_multitask", root / "samples" / "train_multitask.py"
-    )
+    spec = importlib.util.spec_from_file_location("train_multitask", SAMPLES / "train_multitask.py")
     assert spec is not None and spec.loader is not None
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
@@ -367,7 +356,7 @@ def test_the_training_example_writes_the_committed_run_log(
     assert [r.step for r in run.records] == list(range(0, 300, 10))
     depth_normals = [r.cosine[0][2] for r in run.records if r.cosine is not None]
     assert depth_normals[0] < -0.4 and depth_normals[6] > 0  # the conflict that fades
-    committed = root / "docs" / "runs" / "multitask.jsonl"
+    committed = ROOT / "docs" / "runs" / "multitask.jsonl"
     if committed.exists():  # the README's `gradtool report` output is made from this file
         for fresh, kept in zip(run.records, read_run(committed).records, strict=True):
             assert fresh.step == kept.step
