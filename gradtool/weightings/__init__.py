@@ -1,4 +1,5 @@
-"""The weighting methods: each a function from a Gramian G (m x m) to m loss weights.
+"""The weighting methods: each a function from a Gramian G (m x m) to m loss weights, solved
+exactly with a certificate (the residual of the method's defining conditions).
 
 `WEIGHTINGS` maps each method's name to its `WeightingMethod`; see `registry` for each method.
 """
@@ -8,7 +9,6 @@ from gradtool.weightings.registry import (
     DEFAULT_METHOD,
     INSTALL_SOLVERS,
     WEIGHTINGS,
-    Weighting,
     WeightingMethod,
     canonical_name,
     check_methods,
@@ -22,7 +22,6 @@ __all__ = [
     "INSTALL_SOLVERS",
     "WEIGHTINGS",
     "MissingDependencyError",
-    "Weighting",
     "WeightingError",
     "WeightingMethod",
     "canonical_name",

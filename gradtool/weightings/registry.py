@@ -1,20 +1,20 @@
-"""Weightings: functions from a Gramian G (m x m) to m loss weights w.
+"""Weightings: functions from a Gramian G (m x m) to m loss weights w, each with its certificate.
 
 A weighting sees only G, so it composes with any Jacobian source (the engine, a training-loop
 monitor, a saved report): the combined direction is d = sum_i w_i g_i = J^T w, with
-|d|^2 = w^T G w and <g_i, d> = (G w)_i. `WEIGHTINGS` maps each CLI method name to its
-`WeightingMethod`, a callable `method(G, preference=None) -> w` (float64, shape (m,)) that also
-carries its metadata: display name, description, whether it takes a preference vector, which
-optional packages it needs, and the properties the test suite checks (permutation equivariance,
-behaviour under G -> c G, non-conflicting).
+|d|^2 = w^T G w and <g_i, d> = (G w)_i. `WEIGHTINGS` maps each method's name to its
+`WeightingMethod`: `method.solve(G, preference=None)` returns the weights and the residual of the
+method's own defining conditions (`Solved`), `method(G)` the weights alone (a float64 tensor).
+Its metadata: display name, description, whether it takes a preference vector, and the
+properties the test suite checks (permutation equivariance, behaviour under G -> c G,
+non-conflicting).
 
-`mgda`, `mean` and `sum` are gradtool's own (`mgda` is the exact solver of
-`gradtool.linalg.min_norm`); the others wrap TorchJD's `*Weighting` classes
-(`torchjd.aggregation`), imported lazily so that importing this module (and `gradtool --help`)
-needs neither torch nor torchjd. Methods whose
-solver needs numpy + qpsolvers + quadprog (UPGrad, DualProj), cvxpy (CAGrad, Nash-MTL) or scipy
-(FairGrad) sit behind the optional extra `pip install 'gradtool[solvers]'`; asking for one
-without its packages raises `MissingDependencyError` (exit 1) with that hint.
+Every method is solved by gradtool's own float64 solvers (`gradtool.linalg.solvers`,
+`gradtool.linalg.min_norm`), with no optional dependency: exact active sets for the quadratic
+programs (MGDA, UPGrad, DualProj), a damped Newton method for the fixed points (Nash-MTL,
+FairGrad), a bracketed root search over exact min-norm solves (CAGrad), closed forms for the rest
+(IMTL-G, Aligned-MTL, PCGrad). Each solve is scale-free (on G / max_i G_ii, mapped back exactly).
+The definitions are TorchJD's (the test suite cross-checks against it where its solvers converge).
 
 Only *stateless* weightings are listed: weights from the current Gramian alone. Left out:
 
@@ -26,288 +26,209 @@ Only *stateless* weightings are listed: weights from the current Gramian alone. 
   needs m >= n_byzantine + 3), not a multi-objective weighting.
 - ConFIG, GradDrop: aggregators of the Jacobian itself with no Gramian weighting (GradDrop is
   random too).
-- TorchJD's MGDA (Frank-Wolfe with early stopping): `mgda` here is the exact solver; the tests
-  check the two agree.
 
-Nash-MTL is stateful in TorchJD only through the warm start of its iterative solver; a fresh
-instance per call gives the weights of a first training step, a function of G alone, and norm
-clipping is disabled (`max_norm=0`) so the weights are the bargaining solution G w = 1/w itself.
-TorchJD's Nash-MTL solver misses G w = 1/w by up to 70% when |G|_F is far from 1 (for instance
-|G|_F ~ 10), so Nash-MTL and FairGrad are solved on G / |G|_F and their weights rescaled exactly
-(w -> w / sqrt(s), resp. w -> s^(-alpha / (1 + alpha)) w).
-FairGrad's G w = w^(-1/alpha) is that same solution at alpha = 1, so `fairgrad` uses alpha = 2
-(between proportional and max-min fairness) to add a method rather than repeat one.
-UPGrad and DualProj solve their dual-cone projections with TorchJD's quadprog projector, but with
-a ridge of 1e-12 instead of its default 1e-4 on the trace-normalised Gramian, so their promise
-(G w)_i >= 0 holds to round-off (with 1e-4 it fails by up to ~2e-4 relative, and the table would
-say "raises a loss" for a method that cannot); if quadprog then rejects the matrix as not
-positive definite, the default ridge is used. PCGrad projects in a random order when m >= 3; the
-order is drawn from a generator seeded with 0 (inside `torch.random.fork_rng`, leaving the
-caller's RNG untouched), so its weights are reproducible but not permutation-equivariant.
+Nash-MTL's weights are those of a first training step (its warm start and norm clipping are
+training-loop state): the bargaining solution G w = 1/w itself. FairGrad's G w = w^(-1/alpha) is
+that same solution at alpha = 1, so `fairgrad` uses alpha = 2 (between proportional and max-min
+fairness) to add a method rather than repeat one. PCGrad projects in a random order when m >= 3;
+the order is drawn as TorchJD draws it, from torch's generator seeded with 0 (inside
+`torch.random.fork_rng`, leaving the caller's RNG untouched), so its weights are reproducible but
+not permutation-equivariant.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from gradtool.errors import MissingDependencyError, UsageError, WeightingError, opt
+from gradtool.errors import UsageError, WeightingError, opt
 
 if TYPE_CHECKING:
+    import numpy as np
     from torch import Tensor
 
-SOLVERS_EXTRA = "solvers"
-INSTALL_SOLVERS = f"pip install 'gradtool[{SOLVERS_EXTRA}]'"
-INSTALL_TORCHJD = "pip install 'torchjd>=0.18,<0.19'"
+    from gradtool.linalg.solvers import Solved
+
+# Kept while callers still word a skipped method's install hint; no method needs an extra now.
+INSTALL_SOLVERS = "pip install gradtool"
 PCGRAD_SEED = 0
 CAGRAD_C = 0.5
 FAIRGRAD_ALPHA = 2.0
-# Ridge added by TorchJD's quadprog projector to the trace-normalised Gramian (its default, 1e-4,
-# lets UPGrad / DualProj miss their promise (G w)_i >= 0 by up to ~2e-4 relative).
-PROJECTOR_REG_EPS = 1e-12
 
-_QP = ("numpy", "qpsolvers", "quadprog")
-_CVX_CLARABEL = ("numpy", "cvxpy", "clarabel")
-_CVX_ECOS = ("numpy", "cvxpy", "ecos")
-_SCIPY = ("numpy", "scipy")
+Solver = Callable[["np.ndarray", "np.ndarray | None"], "Solved"]
 _SINGULAR_HINT = (
     f"the Gramian may be (nearly) singular; try another method or {opt('normalize', 'l2')}"
 )
 
 
-Weighting = Callable[..., "Tensor"]
-"""Any callable Gramian -> weights (a `WeightingMethod`, or `mgda` / `mean` / `sum_` below)."""
-
-
 @dataclass(frozen=True)
 class WeightingMethod:
-    """One weighting method: `method(G, preference=None)` returns its weights, plus metadata.
+    """One weighting method: `solve(G, preference=None)` gives its weights and certificate.
 
     `scale_exponent` k states the behaviour under G -> c G (c > 0): w(c G) = c^k w(G); k = 0 for
     scale-invariant methods. `non_conflicting` methods promise (G w)_i >= 0 for every i (the
     direction does not increase any loss to first order); `permutation_equivariant` ones give
     w(P G P^T) = P w(G) for every permutation matrix P. `needs_full_rank` methods solve an
-    equation that has no solution when the gradients are linearly dependent (Nash-MTL, FairGrad).
+    equation that has no solution when the gradients are linearly dependent (Nash-MTL, FairGrad;
+    IMTL-G's equal projections hold only when sqrt(diag G) lies in the range of G).
     """
 
     name: str
     display: str
     description: str
-    compute: Callable[[Tensor, Tensor | None], Tensor]
+    solver: Solver
     takes_preference: bool = False
-    requires: tuple[str, ...] = ()
     permutation_equivariant: bool = True
     scale_exponent: float = 0.0
     non_conflicting: bool = False
     needs_full_rank: bool = False
 
-    def missing(self) -> list[str]:
-        """Return the packages this method needs that cannot be imported (empty if none)."""
-        return [name for name in self.requires if importlib.util.find_spec(name) is None]
-
     @property
     def available(self) -> bool:
-        """Return whether every package this method needs is installed."""
-        return not self.missing()
+        """Return True: every method is solved by gradtool itself (kept for callers that ask)."""
+        return True
 
-    def install_hint(self) -> str:
-        """Return the pip command that installs what this method needs."""
-        missing = self.missing()
-        return INSTALL_TORCHJD if missing == ["torchjd"] else INSTALL_SOLVERS
+    def solve(
+        self, gramian: Tensor | np.ndarray, preference: Sequence[float] | None = None
+    ) -> Solved:
+        """Return the weights (float64, shape (m,)) of the Gramian `gramian`, with the residual
+        of the method's defining conditions (`Solved.certified` when it is at most 1e-8).
 
-    def __call__(self, gramian: Tensor, preference: Tensor | None = None) -> Tensor:
-        """Return the weights w (float64, shape (m,), on the CPU) of the Gramian `gramian`.
-
-        `gramian` is symmetrised as (G + G^T) / 2 in float64 first. `preference` (shape (m,))
-        is only accepted by methods with `takes_preference`.
+        `gramian` is symmetrised as (G + G^T) / 2 in float64 first. `preference` (m entries) is
+        only accepted by methods with `takes_preference`.
 
         Raises:
-            ValueError: `gramian` is not square, or a preference is given to a method without one.
-            MissingDependencyError: a package the method needs is not installed.
-            WeightingError: the solver failed or returned non-finite weights.
+            ValueError: `gramian` is not square or not finite, or a preference is given to a
+                method without one, or has the wrong length.
+            WeightingError: the solver returned non-finite weights.
         """
-        import torch
+        import numpy as np
 
-        g = torch.as_tensor(gramian).detach().to(device="cpu", dtype=torch.float64)
-        if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] == 0:
-            raise ValueError(f"a Gramian should be a square matrix; found shape {tuple(g.shape)}")
-        g = (g + g.T) / 2
+        from gradtool.linalg.solvers import Solved, as_array
+
+        g = as_array(gramian)
         m = g.shape[0]
         pref = None
         if preference is not None:
             if not self.takes_preference:
                 raise ValueError(f"method {self.name!r} takes no preference vector")
-            pref = torch.as_tensor(preference, dtype=torch.float64).reshape(-1)
+            pref = np.asarray(_as_floats(preference), dtype=np.float64).reshape(-1)
             if pref.shape[0] != m:
                 raise ValueError(
                     f"the preference should have {m} entries (one per loss); found {pref.shape[0]}"
                 )
-        missing = self.missing()
-        if missing:
-            raise MissingDependencyError(
-                f"method {self.name!r} ({self.display}) needs {', '.join(missing)}, "
-                "which is not installed",
-                hint=self.install_hint(),
-            )
         try:
-            weights = self.compute(g, pref)
-        except Exception as exc:  # a third-party solver's failure (cvxpy's SolverError, ...)
+            solved = self.solver(g, pref)
+        except (ArithmeticError, np.linalg.LinAlgError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WeightingError(
                 f"method {self.name!r} ({self.display}) failed on this Gramian: {first}",
                 hint=_SINGULAR_HINT,
                 reason="solver_failed",
             ) from exc
-        weights = torch.as_tensor(weights).detach().to(device="cpu", dtype=torch.float64)
-        weights = weights.reshape(-1)
-        if weights.shape[0] != m or not bool(torch.isfinite(weights).all()):
+        weights = np.asarray(solved.weights, dtype=np.float64).reshape(-1)
+        if weights.shape[0] != m or not np.isfinite(weights).all():
             raise WeightingError(
                 f"method {self.name!r} ({self.display}) returned unusable weights "
                 f"{weights.tolist()} for {m} losses",
                 hint=_SINGULAR_HINT,
                 reason="unusable_weights",
             )
-        return weights
+        return Solved(weights, solved.residual, solved.details)
+
+    def __call__(self, gramian: Tensor, preference: Tensor | None = None) -> Tensor:
+        """Return the weights alone, as a float64 CPU tensor (see `solve`)."""
+        import torch
+
+        return torch.from_numpy(self.solve(gramian, preference).weights)
 
 
-def mgda(gramian: Tensor) -> Tensor:
-    """Return the exact MGDA min-norm weights: argmin_{w in simplex} w^T G w."""
-    from gradtool.linalg.min_norm import min_norm_weights
+def _as_floats(values: object) -> list[float]:
+    if hasattr(values, "tolist"):
+        values = values.tolist()  # type: ignore[union-attr]
+    return [float(v) for v in values]  # type: ignore[union-attr]
 
-    return min_norm_weights(gramian).weights
+
+def _mgda(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
+
+    return solvers.mgda(g)
 
 
-def mean(gramian: Tensor) -> Tensor:
-    """Return uniform weights 1/m: the gradient of the mean loss."""
+def _mean(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    import numpy as np
+
+    from gradtool.linalg.solvers import Solved
+
+    return Solved(np.full(g.shape[0], 1.0 / g.shape[0]), 0.0)
+
+
+def _sum(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    import numpy as np
+
+    from gradtool.linalg.solvers import Solved
+
+    return Solved(np.ones(g.shape[0]), 0.0)
+
+
+def _upgrad(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
+
+    return solvers.upgrad(g, pref)
+
+
+def _dualproj(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
+
+    return solvers.dualproj(g, pref)
+
+
+def _pcgrad(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
+
+    return solvers.pcgrad(g, pcgrad_order)
+
+
+def pcgrad_order(m: int) -> list[list[int]]:
+    """Return, per loss, the order in which PCGrad visits the others: TorchJD's draws
+    (`torch.randperm(m)` once per loss) from torch's generator seeded with `PCGRAD_SEED`,
+    without touching the caller's RNG state."""
     import torch
-
-    m = gramian.shape[0]
-    return torch.full((m,), 1.0 / m, dtype=torch.float64)
-
-
-def sum_(gramian: Tensor) -> Tensor:
-    """Return unit weights: the gradient of the summed loss."""
-    import torch
-
-    return torch.ones(gramian.shape[0], dtype=torch.float64)
-
-
-def factor(gramian: Tensor) -> Tensor:
-    """Return A (m x m) with A A^T = G: A = V diag(sqrt(max(lambda, 0))), G = V diag(lambda) V^T.
-
-    For methods that TorchJD defines on a matrix but that only use its Gramian (Nash-MTL).
-    """
-    import torch
-
-    eigenvalues, eigenvectors = torch.linalg.eigh(gramian)
-    return eigenvectors * torch.sqrt(torch.clamp(eigenvalues, min=0.0))[None, :]
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the solvers' warnings (cvxpy's DPP notice, ...): the report carries no noise."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _dual_cone(
-    cls: Callable[..., Callable[[Tensor], Tensor]], g: Tensor, pref: Tensor | None
-) -> Tensor:
-    """Return TorchJD's dual-cone weights, solved with `PROJECTOR_REG_EPS`, else its default."""
-    from torchjd.linalg import QuadprogProjector
-
-    try:
-        return cls(pref_vector=pref, projector=QuadprogProjector(reg_eps=PROJECTOR_REG_EPS))(g)
-    except ValueError:  # quadprog: "matrix P is not positive definite"; use TorchJD's default
-        return cls(pref_vector=pref)(g)
-
-
-def _upgrad(g: Tensor, pref: Tensor | None) -> Tensor:
-    from torchjd.aggregation import UPGradWeighting
-
-    return _dual_cone(UPGradWeighting, g, pref)
-
-
-def _dualproj(g: Tensor, pref: Tensor | None) -> Tensor:
-    from torchjd.aggregation import DualProjWeighting
-
-    return _dual_cone(DualProjWeighting, g, pref)
-
-
-def _pcgrad(g: Tensor, pref: Tensor | None) -> Tensor:
-    import torch
-    from torchjd.aggregation import PCGradWeighting
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(PCGRAD_SEED)
-        return PCGradWeighting()(g)
+        return [torch.randperm(m).tolist() for _ in range(m)]
 
 
-def _imtl_g(g: Tensor, pref: Tensor | None) -> Tensor:
-    from torchjd.aggregation import IMTLGWeighting
+def _imtl_g(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
 
-    return IMTLGWeighting()(g)
-
-
-def _aligned_mtl(g: Tensor, pref: Tensor | None) -> Tensor:
-    from torchjd.aggregation import AlignedMTLWeighting
-
-    return AlignedMTLWeighting(pref_vector=pref)(g)
+    return solvers.imtl_g(g)
 
 
-def _cagrad(g: Tensor, pref: Tensor | None) -> Tensor:
-    from torchjd.aggregation import CAGradWeighting
+def _aligned_mtl(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
 
-    with _quiet():
-        return CAGradWeighting(c=CAGRAD_C)(g)
-
-
-def _unit_scale(g: Tensor) -> float:
-    """Return s = |G|_F (1 for G = 0), so that G / s has unit Frobenius norm."""
-    s = float(g.norm())
-    return s if s > 0 else 1.0
+    return solvers.aligned_mtl(g, pref)
 
 
-def _nash_mtl(g: Tensor, pref: Tensor | None) -> Tensor:
-    """Return Nash-MTL's w with G w = 1/w: solved on G / s, s = |G|_F, then w = w_1 / sqrt(s).
+def _cagrad(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
 
-    TorchJD's solver is only accurate for |G|_F near 1 (it normalises G by |G|_F for the cvxpy
-    problem but tests convergence on the normalised Gramian against the raw 1/w), so the problem
-    is handed to it already normalised; (G / s) w_1 = 1 / w_1 gives G w = 1/w for w = w_1 / sqrt(s).
-    """
-    from torchjd.aggregation import NashMTL
-
-    s = _unit_scale(g)
-    aggregator = NashMTL(n_tasks=g.shape[0], max_norm=0.0, update_weights_every=1)
-    with _quiet():
-        return aggregator.weighting(factor(g / s)) / s**0.5
+    return solvers.cagrad(g, CAGRAD_C)
 
 
-def _fairgrad(g: Tensor, pref: Tensor | None) -> Tensor:
-    """Return FairGrad's w with G w = w^(-1/alpha): solved on G / s, then w = s^k w_1.
+def _nash_mtl(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
 
-    With k = -alpha / (1 + alpha), (G / s) w_1 = w_1^(-1/alpha) gives G w = w^(-1/alpha); scipy's
-    least-squares tolerances are absolute, so solving at |G|_F = 1 keeps the accuracy scale-free.
-    """
-    from torchjd.aggregation import FairGradWeighting
-
-    s = _unit_scale(g)
-    with _quiet():
-        w = FairGradWeighting(alpha=FAIRGRAD_ALPHA)(g / s)
-    return w * s ** (-FAIRGRAD_ALPHA / (1.0 + FAIRGRAD_ALPHA))
+    return solvers.nash_mtl(g)
 
 
-def _own(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor, Tensor | None], Tensor]:
-    def compute(g: Tensor, pref: Tensor | None) -> Tensor:
-        return fn(g)
+def _fairgrad(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+    from gradtool.linalg import solvers
 
-    compute.__doc__ = fn.__doc__
-    return compute
+    return solvers.fairgrad(g, FAIRGRAD_ALPHA)
 
 
 _METHODS: tuple[WeightingMethod, ...] = (
@@ -315,18 +236,17 @@ _METHODS: tuple[WeightingMethod, ...] = (
         "mgda",
         "MGDA",
         "min-norm point of the convex hull of the gradients, solved exactly",
-        _own(mgda),
+        _mgda,
         non_conflicting=True,
     ),
-    WeightingMethod("mean", "Mean", "1/m each: the gradient of the mean loss", _own(mean)),
-    WeightingMethod("sum", "Sum", "1 each: the gradient of the summed loss", _own(sum_)),
+    WeightingMethod("mean", "Mean", "1/m each: the gradient of the mean loss", _mean),
+    WeightingMethod("sum", "Sum", "1 each: the gradient of the summed loss", _sum),
     WeightingMethod(
         "upgrad",
         "UPGrad",
         "each gradient projected onto the dual cone of all of them, then averaged",
         _upgrad,
         takes_preference=True,
-        requires=("torchjd", *_QP),
         non_conflicting=True,
     ),
     WeightingMethod(
@@ -335,7 +255,6 @@ _METHODS: tuple[WeightingMethod, ...] = (
         "the mean gradient projected onto the dual cone of the gradients",
         _dualproj,
         takes_preference=True,
-        requires=("torchjd", *_QP),
         non_conflicting=True,
     ),
     WeightingMethod(
@@ -343,7 +262,6 @@ _METHODS: tuple[WeightingMethod, ...] = (
         "PCGrad",
         "each gradient's conflicting components removed, then summed (seeded order)",
         _pcgrad,
-        requires=("torchjd",),
         permutation_equivariant=False,
     ),
     WeightingMethod(
@@ -351,7 +269,7 @@ _METHODS: tuple[WeightingMethod, ...] = (
         "IMTL-G",
         "equal projections of the direction on every unit gradient",
         _imtl_g,
-        requires=("torchjd",),
+        needs_full_rank=True,
     ),
     WeightingMethod(
         "aligned_mtl",
@@ -359,21 +277,18 @@ _METHODS: tuple[WeightingMethod, ...] = (
         "principal components of the gradients rescaled to the smallest one",
         _aligned_mtl,
         takes_preference=True,
-        requires=("torchjd",),
     ),
     WeightingMethod(
         "cagrad",
         f"CAGrad (c={CAGRAD_C:g})",
         "largest worst-case decrease within a ball around the mean gradient",
         _cagrad,
-        requires=("torchjd", *_CVX_CLARABEL),
     ),
     WeightingMethod(
         "nash_mtl",
         "Nash-MTL",
         "Nash bargaining solution G w = 1/w (first step, no norm clipping)",
         _nash_mtl,
-        requires=("torchjd", *_CVX_ECOS),
         scale_exponent=-0.5,
         needs_full_rank=True,
     ),
@@ -382,7 +297,6 @@ _METHODS: tuple[WeightingMethod, ...] = (
         f"FairGrad (alpha={FAIRGRAD_ALPHA:g})",
         f"alpha-fair utility: G w = w^(-1/alpha), alpha = {FAIRGRAD_ALPHA:g}",
         _fairgrad,
-        requires=("torchjd", *_SCIPY),
         scale_exponent=-FAIRGRAD_ALPHA / (1.0 + FAIRGRAD_ALPHA),
         needs_full_rank=True,
     ),

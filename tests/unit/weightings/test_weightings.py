@@ -4,27 +4,22 @@ available method, on seeded Gramians of chosen rank."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from gradtool.errors import GradtoolError
-from gradtool.weightings import (
-    WEIGHTINGS,
-    MissingDependencyError,
-    WeightingMethod,
-    parse_methods,
-)
-from gradtool.weightings import registry as weightings
+from gradtool.linalg.solvers import Solved
+from gradtool.weightings import WEIGHTINGS, WeightingMethod, parse_methods
 
 G_REF = torch.tensor([[18.0, -22.0], [-22.0, 38.0]], dtype=torch.float64)
 
 # Published values for G = J J^T, J = [[-4, 1, 1], [6, 1, 1]] (TorchJD's documentation), and
 # the exact values: the published UPGrad / DualProj carry the error of TorchJD's default ridge
-# (1e-4 on the trace-normalised Gramian), which gradtool lowers to 1e-12.
+# (1e-4 on the trace-normalised Gramian); gradtool's active set solves them exactly.
 REFERENCE = {
     "mgda": [0.6, 0.4],
     "mean": [0.5, 0.5],
@@ -45,19 +40,11 @@ EXACT = {
     "dualproj": [11 / 18, 0.5],
 }
 
-# Iterative solvers (cvxpy, scipy) are accurate to about this, relative; the others to round-off.
-LOOSE = {"cagrad": 1e-6, "nash_mtl": 1e-4, "fairgrad": 1e-4}
+# Every method is solved to round-off now (no iterative third-party solver).
+LOOSE: dict[str, float] = {}
 TIGHT = 1e-9
 
 SHAPES = [(2, 2), (3, 3), (5, 5), (3, 1), (5, 2), (5, 4)]  # (m, rank)
-
-
-def available(name: str) -> WeightingMethod:
-    method = WEIGHTINGS[name]
-    missing = method.missing()
-    if missing:
-        pytest.skip(f"{name} needs {', '.join(missing)} (pip install 'gradtool[solvers]')")
-    return method
 
 
 def sample_gramian(m: int, rank: int, seed: int) -> torch.Tensor:
@@ -89,7 +76,7 @@ def cases(name: str) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_published_reference_values_on_the_design_gramian(name: str) -> None:
-    weights = available(name)(G_REF)
+    weights = WEIGHTINGS[name](G_REF)
     # 3e-4: the published UPGrad / DualProj values carry TorchJD's default-ridge error.
     torch.testing.assert_close(
         weights, torch.tensor(REFERENCE[name], dtype=torch.float64), atol=3e-4, rtol=0
@@ -98,14 +85,14 @@ def test_published_reference_values_on_the_design_gramian(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(EXACT))
 def test_exact_values_on_the_design_gramian(name: str) -> None:
-    weights = available(name)(G_REF)
+    weights = WEIGHTINGS[name](G_REF)
     torch.testing.assert_close(
         weights, torch.tensor(EXACT[name], dtype=torch.float64), atol=1e-9, rtol=0
     )
 
 
 def test_imtl_g_projects_the_direction_equally_on_every_unit_gradient() -> None:
-    weights = available("imtl_g")(G_REF)
+    weights = WEIGHTINGS["imtl_g"](G_REF)
     projections = (G_REF @ weights) / G_REF.diagonal().sqrt()  # <d, g_i / |g_i|>
     torch.testing.assert_close(projections[0], projections[1], rtol=1e-12, atol=0)
     assert float(weights.sum()) == pytest.approx(1.0, abs=1e-12)
@@ -113,7 +100,7 @@ def test_imtl_g_projects_the_direction_equally_on_every_unit_gradient() -> None:
 
 @pytest.mark.parametrize("name", ["upgrad", "dualproj"])
 def test_published_values_are_torchjds_default_ridge(name: str) -> None:
-    available(name)
+    pytest.importorskip("quadprog")
     from torchjd.aggregation import DualProjWeighting, UPGradWeighting
 
     cls = {"upgrad": UPGradWeighting, "dualproj": DualProjWeighting}[name]
@@ -164,7 +151,7 @@ def test_torchjd_default_mgda_stops_early_where_ours_is_exact() -> None:
 
 @pytest.mark.parametrize("name", list(WEIGHTINGS))
 def test_weights_are_finite_float64_with_one_per_loss(name: str) -> None:
-    method = available(name)
+    method = WEIGHTINGS[name]
     for m, rank in cases(name):
         weights = method(sample_gramian(m, rank, seed=m + rank))
         assert weights.dtype == torch.float64 and weights.shape == (m,)
@@ -173,7 +160,7 @@ def test_weights_are_finite_float64_with_one_per_loss(name: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n, w in WEIGHTINGS.items() if w.permutation_equivariant])
 def test_permuting_the_losses_permutes_the_weights(name: str) -> None:
-    method = available(name)
+    method = WEIGHTINGS[name]
     rtol = LOOSE.get(name, TIGHT)
     for m, rank in cases(name):
         g = sample_gramian(m, rank, seed=10 * m + rank)
@@ -187,7 +174,7 @@ def test_permuting_the_losses_permutes_the_weights(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(WEIGHTINGS))
 def test_scaling_the_gramian_scales_the_weights_as_documented(name: str) -> None:
-    method = available(name)
+    method = WEIGHTINGS[name]
     rtol = LOOSE.get(name, TIGHT)
     k = method.scale_exponent
     for m, rank in cases(name):
@@ -200,7 +187,7 @@ def test_scaling_the_gramian_scales_the_weights_as_documented(name: str) -> None
 
 @pytest.mark.parametrize("name", [n for n, w in WEIGHTINGS.items() if w.non_conflicting])
 def test_non_conflicting_methods_decrease_every_loss(name: str) -> None:
-    method = available(name)
+    method = WEIGHTINGS[name]
     for m, rank in cases(name):
         for seed in range(3):
             g = sample_gramian(m, rank, seed)
@@ -211,7 +198,7 @@ def test_non_conflicting_methods_decrease_every_loss(name: str) -> None:
 
 
 def test_pcgrad_weights_are_reproducible_and_leave_the_global_rng_alone() -> None:
-    method = available("pcgrad")
+    method = WEIGHTINGS["pcgrad"]
     g = sample_gramian(5, 5, 0)
     torch.manual_seed(123)
     before = torch.random.get_rng_state()
@@ -222,7 +209,7 @@ def test_pcgrad_weights_are_reproducible_and_leave_the_global_rng_alone() -> Non
 
 
 def test_preference_goes_to_the_methods_that_take_one() -> None:
-    method = available("upgrad")
+    method = WEIGHTINGS["upgrad"]
     pref = torch.tensor([1.0, 3.0], dtype=torch.float64)
     plain = method(G_REF)
     weighted = method(G_REF, pref)
@@ -235,41 +222,12 @@ def test_preference_goes_to_the_methods_that_take_one() -> None:
         method(G_REF, torch.ones(3, dtype=torch.float64))
 
 
-def test_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-
-    def fake(name: str, *args: object) -> object:
-        return None if name == "quadprog" else real(name, *args)
-
-    monkeypatch.setattr(weightings.importlib.util, "find_spec", fake)
-    method = WEIGHTINGS["upgrad"]
-    assert not method.available and method.missing() == ["quadprog"]
-    with pytest.raises(MissingDependencyError) as info:
-        method(G_REF)
-    assert info.value.exit_code == 1
-    assert "quadprog" in info.value.message
-    assert info.value.hint == "pip install 'gradtool[solvers]'"
-    assert WEIGHTINGS["mgda"].available  # the core's methods need nothing extra
-
-
-def test_missing_torchjd_alone_suggests_installing_torchjd(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        weightings.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "torchjd" else real(name, *a),
-    )
-    with pytest.raises(MissingDependencyError) as info:
-        WEIGHTINGS["imtl_g"](G_REF)
-    assert info.value.hint is not None and "torchjd>=0.18,<0.19" in info.value.hint
-
-
 def test_solver_failures_become_weighting_errors() -> None:
-    def broken(g: torch.Tensor, pref: torch.Tensor | None) -> torch.Tensor:
-        raise ValueError("Failed to solve the quadratic programming problem.\nmore")
+    def broken(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+        raise np.linalg.LinAlgError("Failed to solve the linear system.\nmore")
 
-    def nan(g: torch.Tensor, pref: torch.Tensor | None) -> torch.Tensor:
-        return torch.full((g.shape[0],), float("nan"))
+    def nan(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+        return Solved(np.full(g.shape[0], np.nan), 0.0)
 
     for compute, match in ((broken, "Failed to solve"), (nan, "unusable weights")):
         method = WeightingMethod("x", "X", "test", compute)
