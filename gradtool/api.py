@@ -16,6 +16,7 @@ import torch
 
 from gradtool._version import __version__
 from gradtool.analysis import (
+    DEFAULT_CONFLICT_THRESHOLD,
     DEFAULT_DEPTH,
     DEFAULT_METHODS,
     ParetoOptions,
@@ -27,7 +28,13 @@ from gradtool.analysis import (
 from gradtool.analysis.affinity import check_lr
 from gradtool.engine import Strategy, compute_gramians
 from gradtool.errors import UsageError, opt
-from gradtool.problem import LoadOptions, Problem, load_problem
+from gradtool.problem import (
+    LoadOptions,
+    Problem,
+    frozen_parameters,
+    load_problem,
+    tied_parameters,
+)
 from gradtool.results import AffinityReport, Report, TimelineReport, read_run
 
 
@@ -42,6 +49,7 @@ class InspectRequest:
     strategy: Strategy = "auto"
     pareto: ParetoOptions | None = None
     low_memory: bool = False  # per-block Gramians as gradients arrive (gradtool.engine.low_memory)
+    conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD  # a cosine below -this is a conflict
 
 
 @dataclass(frozen=True)
@@ -69,14 +77,18 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
         "seed": request.load.seed,
         "eval_mode": request.load.eval_mode,
         "low_memory": request.low_memory,
+        **_problem_meta(problem),
     }
-    return build_report(
+    report = build_report(
         result,
         command=request.command,
         depth=request.depth,
         pareto=request.pareto,
         meta=meta,
+        conflict_threshold=request.conflict_threshold,
     )
+    report.warnings = [*problem.notes, *report.warnings]
+    return report
 
 
 def run_affinity(
@@ -109,14 +121,19 @@ def run_affinity(
             "device": str(problem.device),
             "seed": request.load.seed,
             "eval_mode": request.load.eval_mode,
+            **_problem_meta(problem),
         }
     )
+    report.warnings = [*problem.notes, *report.warnings]
     return report
 
 
-def run_report(run: Path | str) -> TimelineReport:
-    """Return the TimelineReport of the run log at `run` (a Monitor's JSON lines)."""
-    return build_timeline(read_run(run))
+def run_report(
+    run: Path | str, *, conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD
+) -> TimelineReport:
+    """Return the TimelineReport of the run log at `run` (a Monitor's JSON lines); a record's
+    cosine below -`conflict_threshold` is a conflict."""
+    return build_timeline(read_run(run), conflict_threshold=conflict_threshold)
 
 
 def analyze(
@@ -128,13 +145,14 @@ def analyze(
     pareto: ParetoOptions | bool | None = None,
     strategy: Strategy = "auto",
     retain_graph: bool = True,
+    conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
 ) -> Report:
     """Return the Report for live loss tensors of `model`, as `gradtool inspect` would.
 
     `losses` maps names to scalar tensors that share the model's graph; `parameters` defaults to
     every parameter of `model` that requires grad. `pareto`: True (or `ParetoOptions`) adds the
-    MGDA section. The graph is retained (so the caller's own `backward` still works) unless
-    `retain_graph=False`; no `.grad` is touched.
+    MGDA section; a pair conflicts where cos < -conflict_threshold. The graph is retained (so
+    the caller's own `backward` still works) unless `retain_graph=False`; no `.grad` is touched.
     """
     problem = Problem.live(model, losses, parameters)
     result = compute_gramians(problem, strategy=strategy, retain_graph=retain_graph)
@@ -143,9 +161,28 @@ def analyze(
         command="analyze",
         depth=depth,
         pareto=pareto_options(pareto),
-        meta=_versions(),
+        conflict_threshold=conflict_threshold,
+        meta={**_versions(), **_problem_meta(problem)},
     )
 
 
 def _versions() -> dict[str, object]:
     return {"gradtool_version": __version__, "torch_version": torch.__version__}
+
+
+def _problem_meta(problem: Problem) -> dict[str, object]:
+    """Return the problem's facts a reader should know beside the numbers.
+
+    `tied_parameters`: [kept name, [other names]] per analysed parameter shared under several
+    names (counted once; its gradient sums every use). `frozen_parameters`: {"count", "numel"}
+    of the model's parameters that do not require grad (never analysed). `checkpoint` (when one
+    was loaded): its path, format, files, keys loaded, renaming, tied keys it left out, keys the
+    model has no place for.
+    """
+    meta: dict[str, object] = {
+        "tied_parameters": tied_parameters(problem.model, problem.parameters),
+        "frozen_parameters": frozen_parameters(problem.model),
+    }
+    if problem.checkpoint is not None:
+        meta["checkpoint"] = problem.checkpoint
+    return meta

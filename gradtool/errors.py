@@ -9,7 +9,10 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,26 +153,27 @@ class UserCodeError(GradtoolError):
         )
 
 
-def user_frames_traceback(exc: BaseException, gradfile: Path) -> str:
-    """Return the formatted traceback of `exc`, starting at the first frame inside `gradfile`.
+def user_frames_traceback(exc: BaseException, gradfile: Path | None = None) -> str:
+    """Return the formatted traceback of `exc` with only the user's frames.
 
-    Frames of gradtool (and of the import machinery) above the user's code are dropped, so the
-    user sees their own frames first; frames below (torch internals they called) are kept.
+    A frame is dropped when its file lies inside gradtool's or torch's installed package (the
+    loader that called the user's code above, `Module._call_impl` between the user's `losses`
+    and their `forward` below) or is the import machinery (`<frozen importlib...>`); every other
+    frame is kept: the gradfile, modules next to it, other libraries the user called. An
+    exception raised inside torch (a shape mismatch in `F.linear`) thus shows the user's frames
+    down to their last one, then the exception line. Frames of `gradfile` are always kept.
     """
     import traceback as tb
 
     frames = tb.extract_tb(exc.__traceback__)
-    target = str(gradfile.resolve())
-    start = next(
-        (i for i, f in enumerate(frames) if _same_file(f.filename, target)),
-        None,
-    )
-    if start is None:
-        # The exception came from code the gradfile imported or called without a frame of its
-        # own on the stack (e.g. a SyntaxError); keep everything that is not gradtool's.
-        kept = [f for f in frames if "/gradtool/" not in f.filename.replace("\\", "/")]
-    else:
-        kept = frames[start:]
+    internal = _internal_folders()
+    target = _resolved(str(gradfile)) if gradfile is not None else None
+    kept = [
+        f
+        for f in frames
+        if (target is not None and _resolved(f.filename) == target)
+        or not _is_internal(f.filename, internal)
+    ]
     if not kept:
         return ""  # nothing of the user's to show: the message alone says it
     lines = ["Traceback (most recent call last):\n", *tb.format_list(kept)]
@@ -177,8 +181,31 @@ def user_frames_traceback(exc: BaseException, gradfile: Path) -> str:
     return "".join(lines)
 
 
-def _same_file(filename: str, target: str) -> bool:
+def _internal_folders() -> tuple[str, ...]:
+    """Return the package folders whose frames are not the user's: gradtool's, and torch's when
+    it is loaded (it cannot have frames on the stack otherwise; errors.py never imports it)."""
+    folders = [str(Path(__file__).resolve().parent)]
+    torch = sys.modules.get("torch")
+    torch_file = getattr(torch, "__file__", None)
+    if torch_file:
+        folders.append(str(Path(torch_file).resolve().parent))
+    return tuple(os.path.join(f, "") for f in folders)
+
+
+def _is_internal(filename: str, folders: tuple[str, ...]) -> bool:
+    if filename.startswith("<frozen "):
+        return True
+    resolved = _resolved(filename)
+    return resolved is not None and resolved.startswith(folders)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved(filename: str) -> str | None:
+    """Return `filename` as an absolute path with links resolved (None for `<string>` and the
+    like, which name no file)."""
+    if filename.startswith("<"):
+        return None
     try:
-        return str(Path(filename).resolve()) == target
-    except OSError:
-        return False
+        return str(Path(filename).resolve())
+    except (OSError, RuntimeError):
+        return None

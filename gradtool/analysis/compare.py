@@ -8,37 +8,27 @@ from collections.abc import Sequence
 
 import torch
 
-from gradtool.errors import MissingDependencyError, UsageError, WeightingError, opt
+from gradtool.errors import UsageError, WeightingError, opt
 from gradtool.linalg import gramian as gm
 from gradtool.linalg.direction import direction_stats, numerical_rank
 from gradtool.linalg.pareto import ParetoSolution, pareto_solution
-from gradtool.results.report import MethodResult
+from gradtool.linalg.solvers import CERTIFY_RTOL
+from gradtool.results.report import MethodResult, inert
 from gradtool.weightings import (
     DEFAULT_METHOD,
-    INSTALL_SOLVERS,
     WEIGHTINGS,
     check_methods,
     preference_methods,
 )
 
 
-def resolve_methods(methods: Sequence[str], compare: bool) -> tuple[list[str], list[str]]:
-    """Return (the methods to run, in order; those `--compare` skips for missing packages).
-
-    Without `compare`: `methods` as given. With it: `methods` first, then every other method of
-    `WEIGHTINGS` whose packages are installed (the others are returned as skipped).
-    """
+def resolve_methods(methods: Sequence[str], compare: bool) -> list[str]:
+    """Return the methods to run, in order: `methods`, then with `compare` every other method of
+    `WEIGHTINGS` (each is solved by gradtool itself: none needs an optional package)."""
     chosen = list(check_methods(methods))
-    skipped: list[str] = []
     if compare:
-        for name, method in WEIGHTINGS.items():
-            if name in chosen:
-                continue
-            if method.available:
-                chosen.append(name)
-            else:
-                skipped.append(name)
-    return chosen, skipped
+        chosen += [name for name in WEIGHTINGS if name not in chosen]
+    return chosen
 
 
 def compare_methods(
@@ -60,18 +50,20 @@ def compare_methods(
     the Pareto solution of the same Gramian and normalisation, when the caller has it: its
     normalisation and its MGDA weights are reused, not computed again.
 
+    Each result carries its certificate (`residual`, `certified`): the relative violation of the
+    method's own defining conditions at its weights (MGDA: the KKT residual).
+
     Raises:
         UsageError: an unknown method, a preference of the wrong length, or a preference that
             none of the methods takes.
-        MissingDependencyError, WeightingError: a method listed explicitly cannot run (with
-            `compare`, the methods it added are skipped with a warning instead).
+        WeightingError: a method listed explicitly cannot run (with `compare`, the methods it
+            added are skipped with a warning instead).
     """
     m = len(names)
-    chosen, skipped = resolve_methods(methods, compare)
+    chosen = resolve_methods(methods, compare)
     if compare and m == 1:
         # with one loss every weighting is a rescaling of its gradient: nothing to compare
         chosen = [name for name in chosen if name in set(methods) | {"mgda", "mean", "sum"}]
-        skipped = []
     pref = _checked_preference(preference, chosen, names, compare)
     g = gm.as_gramian(gramian)
     if solved is None or solved.normalize != normalize:
@@ -79,11 +71,6 @@ def compare_methods(
     scale, g_norm = solved.scale, solved.normalized_gramian
     explicit = set(methods)
     warnings: list[str] = []
-    if skipped:
-        warnings.append(
-            f"the comparison skipped {', '.join(skipped)}: their solvers are not installed "
-            f"({INSTALL_SOLVERS})"
-        )
     rank = numerical_rank(g)
     full_rank_only = [name for name in chosen if WEIGHTINGS[name].needs_full_rank]
     if full_rank_only and rank < m:
@@ -96,12 +83,24 @@ def compare_methods(
         method = WEIGHTINGS[name]
         method_pref = pref if method.takes_preference else None
         try:
-            weights = solved.weights if name == "mgda" else method(g_norm, method_pref)
-        except (MissingDependencyError, WeightingError) as exc:
+            if name == "mgda":
+                weights, residual, details = solved.weights, solved.kkt_residual, {}
+            else:
+                solution = method.solve(g_norm, method_pref)
+                weights = torch.from_numpy(solution.weights)
+                residual, details = solution.residual, solution.details
+        except WeightingError as exc:
             if name in explicit:
                 raise
             warnings.append(f"the comparison skipped {name}: {exc.message}")
             continue
+        certified = math.isfinite(residual) and residual <= CERTIFY_RTOL
+        if not certified:
+            warnings.append(
+                f"{name} does not certify on this Gramian (residual of its defining conditions "
+                f"{residual:.1e} > {CERTIFY_RTOL:g}): its weights and what follows from them are "
+                "not stated as fact"
+            )
         loss_weights = weights / scale
         stats = direction_stats(g, loss_weights)
         results.append(
@@ -120,29 +119,78 @@ def compare_methods(
                     zip(names, stats.directional_derivatives, strict=True)
                 ),
                 decreases_all=stats.decreases_all,
+                residual=residual,
+                certified=certified,
+                diagnostics=_diagnostics(name, details, names),
             )
         )
     assert all(len(r.weights) == m for r in results)
     return results, warnings
 
 
+def _diagnostics(name: str, details: dict[str, object], names: Sequence[str]) -> dict[str, object]:
+    """Return the method's own report on itself, keyed by loss name (PCGrad's projections)."""
+    if name != "pcgrad":
+        return {}
+    removed = details.get("removed", [])
+    conflicts = details.get("conflicts", [])
+    assert isinstance(removed, list) and isinstance(conflicts, list)
+    return {
+        "removed": dict(zip(names, removed, strict=True)),
+        "still_conflicts": [names[k] for k in conflicts],
+    }
+
+
 def methods_verdict(results: Sequence[MethodResult], names: Sequence[str]) -> list[str]:
-    """Return one sentence on which methods raise a loss to first order (none for MGDA alone)."""
+    """Return one sentence on which methods raise a loss to first order (none for MGDA alone),
+    about certified methods only (the others are named as such); names are shown `inert`."""
     if [r.method for r in results] in ([], [DEFAULT_METHOD]):
         return []
+    lines = _pcgrad_verdict(results)
+    uncertified = [r.method for r in results if not r.certified]
+    if uncertified:
+        lines.append(
+            f"{', '.join(uncertified)} did not certify: no conclusion is drawn from "
+            f"{'its' if len(uncertified) == 1 else 'their'} weights"
+        )
+    results = [r for r in results if r.certified]
     raising = [r for r in results if not r.decreases_all]
     safe = [r.method for r in results if r.decreases_all]
+    if not results:
+        return lines
     if not raising:
-        return [f"every method compared ({', '.join(safe)}) lowers every loss to first order"]
+        return [
+            *lines,
+            f"every method compared ({', '.join(safe)}) lowers every loss to first order",
+        ]
     parts = []
     for r in raising:
-        hurt = [n for n in names if r.directional_derivatives[n] < 0]
+        hurt = [inert(n) for n in names if r.directional_derivatives[n] < 0]
         parts.append(f"{r.method} raises {', '.join(hurt)}")
     line = "to first order " + "; ".join(parts)
     if len(safe) == 1:
         line += f"; {safe[0]} lowers every loss"
     elif safe:
         line += f"; the {len(safe)} other methods lower every loss"
+    return [*lines, line]
+
+
+def _pcgrad_verdict(results: Sequence[MethodResult]) -> list[str]:
+    """Return PCGrad's own account: how much of each gradient its projections removed, and
+    whether the summed direction still conflicts with a loss."""
+    pc = next((r for r in results if r.method == "pcgrad" and r.certified), None)
+    if pc is None or not pc.diagnostics:
+        return []
+    removed = pc.diagnostics["removed"]
+    worst = max(removed, key=lambda n: removed[n])
+    if removed[worst] == 0:
+        return ["pcgrad removed nothing: no gradient conflicts with another"]
+    line = f"pcgrad's projections removed up to {removed[worst]:.0%} of {inert(worst)}'s gradient"
+    still = pc.diagnostics["still_conflicts"]
+    if still:
+        line += f"; its summed direction still raises {', '.join(inert(n) for n in still)}"
+    else:
+        line += "; its summed direction conflicts with no loss"
     return [line]
 
 
@@ -180,7 +228,7 @@ def _checked_preference(
     if len(values) != len(names):
         raise UsageError(
             f"{opt('preference')} has {len(values)} values but the gradfile has {len(names)} "
-            f"losses ({', '.join(names)})",
+            f"losses ({', '.join(inert(n) for n in names)})",
             hint="give one positive weight per loss, in the order of the losses",
             option="preference",
         )

@@ -1,11 +1,21 @@
 """Turns the engine's Gramians into a `Report`: norms, pairwise matrices, layers, batch
 statistics, unused parameters, the Pareto result and a one-line verdict. Works on Gramians only.
+
+A conflict is reported only where it is material: a pair conflicts when its cosine is below
+-tau (`conflict_threshold`, default 0.05, an angle beyond 92.9 degrees), and over batches when the
+mean per-batch cosine stays below -tau by more than its standard error,
+mean + std / sqrt(n) < -tau with n the batches where the cosine is defined. The raw cosines stay
+in the report; the decisions are stored as flags (`Report.conflict`, `LayerStats.conflict`,
+`BatchStats.conflict`) for the renderer and the verdict.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import torch
 
 from gradtool.analysis.compare import compare_methods, methods_verdict
 from gradtool.analysis.convert import to_list
@@ -20,10 +30,30 @@ from gradtool.results.report import (
     LayerStats,
     ParetoReport,
     Report,
+    inert,
 )
 
 DEFAULT_DEPTH = 3
-WEAK_CONFLICT = 0.05  # |cos| below this reads as "nearly orthogonal" in the verdict
+# A cosine below -0.05 (an angle beyond 92.9 degrees) is a conflict. A step -lr g_j changes loss i
+# by -lr |g_i| |g_j| cos_ij: at cos -0.05 it raises loss i by 5% of what a step of the same length
+# along -g_i would lower it, the size at which users start to read a trade-off. Two independent
+# random directions in P dimensions have |cos| ~ 1/sqrt(P), below 0.05 from P = 400 on, so noise
+# alone seldom crosses it; and a cosine below -0.05 never prints as -0.00.
+DEFAULT_CONFLICT_THRESHOLD = 0.05
+
+
+def check_conflict_threshold(threshold: float) -> float:
+    """Return the conflict threshold tau as a float after checking 0 <= tau <= 1 (a cosine below
+    -tau is a conflict: 0 counts every negative cosine, 1 none)."""
+    value = float(threshold)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise UsageError(
+            f"{opt('conflict_threshold')} should be a number from 0 to 1; found {threshold!r}",
+            hint=f"a cosine below minus the threshold is a conflict; the default is "
+            f"{opt('conflict_threshold', DEFAULT_CONFLICT_THRESHOLD)}",
+            option="conflict_threshold",
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -59,8 +89,13 @@ def build_report(
     depth: int | None = DEFAULT_DEPTH,
     pareto: ParetoOptions | None = None,
     meta: dict[str, object] | None = None,
+    conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
 ) -> Report:
-    """Return the Report for `result`; raise `NonFiniteGradientError` on non-finite entries."""
+    """Return the Report for `result`; raise `NonFiniteGradientError` on non-finite entries.
+
+    `conflict_threshold` tau: a cosine below -tau is a conflict (see the module docstring).
+    """
+    tau = check_conflict_threshold(conflict_threshold)
     names = result.loss_names
     check_finite(result)
     g = result.gramian
@@ -98,12 +133,12 @@ def build_report(
                     for i, name in enumerate(names)
                 },
                 lowest_pair=gm.lowest_pair(cos_layer),
+                conflict=gm.offdiagonal_below(cos_layer, tau).tolist(),
             )
         )
     batch_stats = None
     if result.batch_gramians is not None:
-        mean, std, frac = gm.batch_cosine_stats(result.batch_gramians)
-        batch_stats = BatchStats(to_list(mean), to_list(std), to_list(frac))
+        batch_stats = _batch_stats(result.batch_gramians, tau)
     pareto_report, methods, method_warnings = None, None, []
     if pareto is not None:
         solved = pareto_solution(
@@ -133,6 +168,8 @@ def build_report(
         cosine=to_list(cos),
         angle_deg=to_list(gm.angle_deg(cos)),
         magnitude_similarity=to_list(gm.magnitude_similarity(g)),
+        conflict_threshold=tau,
+        conflict=gm.offdiagonal_below(cos, tau).tolist(),
         layers=layers,
         depth=depth,
         batch_stats=batch_stats,
@@ -149,6 +186,25 @@ def build_report(
     return report
 
 
+def _batch_stats(batch_gramians: torch.Tensor, tau: float) -> BatchStats:
+    """Return the per-batch cosine statistics, with the standard error std / sqrt(n) of the mean
+    over the n batches where each cosine is defined, and the pairs whose mean stays below -tau by
+    more than it: mean + stderr < -tau."""
+    mean, std, frac = gm.batch_cosine_stats(batch_gramians)
+    defined, below = gm.batch_cosine_counts(batch_gramians, tau)
+    n = defined.to(torch.float64)
+    stderr = torch.where(defined > 0, std / torch.sqrt(n.clamp(min=1.0)), torch.nan)
+    return BatchStats(
+        cosine_mean=to_list(mean),
+        cosine_std=to_list(std),
+        conflict_fraction=to_list(frac),
+        cosine_stderr=to_list(stderr),
+        defined=defined.tolist(),
+        below_threshold=below.tolist(),
+        conflict=gm.offdiagonal_below(mean + stderr, tau).tolist(),
+    )
+
+
 def _pareto_report(sol: ParetoSolution, names: Sequence[str]) -> ParetoReport:
     return ParetoReport(
         method="mgda",
@@ -161,6 +217,8 @@ def _pareto_report(sol: ParetoSolution, names: Sequence[str]) -> ParetoReport:
         unique=sol.unique,
         kkt_residual=sol.kkt_residual,
         support=[names[i] for i in sol.support],
+        relative_min_norm=sol.relative_min_norm,
+        tol=sol.tol,
     )
 
 
@@ -174,8 +232,9 @@ def check_finite(result: EngineResult) -> None:
         if int(bad[i]) == 0:
             continue
         params = [p for b, p in enumerate(result.param_names) if int(result.nonfinite[b, i]) > 0]
-        shown = ", ".join(params[:4]) + (f" and {len(params) - 4} more" if len(params) > 4 else "")
-        parts.append(f"loss '{name}': {int(bad[i])} non-finite entries in {shown}")
+        shown = ", ".join(inert(p) for p in params[:4])
+        shown += f" and {len(params) - 4} more" if len(params) > 4 else ""
+        parts.append(f"loss {name!r}: {int(bad[i])} non-finite entries in {shown}")
     raise NonFiniteGradientError(
         "non-finite gradients (NaN or inf), so no statistic is meaningful; " + "; ".join(parts),
         hint="look for log(0), division by zero or overflow in those losses; "
@@ -190,9 +249,9 @@ def _warnings(report: Report, result: EngineResult) -> list[str]:
     count = report.parameters["count"]
     for name in report.losses:
         if len(report.unused[name]) == count:
-            out.append(f"loss '{name}' reaches none of the selected parameters: its gradient is 0")
+            out.append(f"loss {name!r} reaches none of the selected parameters: its gradient is 0")
         elif report.gradients[name].norm == 0.0:
-            out.append(f"loss '{name}' has a zero gradient on the selected parameters")
+            out.append(f"loss {name!r} has a zero gradient on the selected parameters")
     if result.strategy == "backward" and result.fell_back(Fallback.REENTRANT_CHECKPOINT):
         out.append(
             "a reentrant activation checkpoint hides its inside from the autograd graph: "
@@ -203,66 +262,98 @@ def _warnings(report: Report, result: EngineResult) -> list[str]:
 
 
 def verdict(report: Report) -> list[str]:
-    """Return short sentences: the worst conflicts, the norm imbalance, the Pareto outcome."""
-    names = report.losses
+    """Return short sentences: the conflicts (material ones only, by the report's flags), the
+    norm imbalance, the Pareto outcome. Names are shown `inert`."""
+    names = [inert(name) for name in report.losses]
     m = len(names)
+    tau = report.conflict_threshold
     lines: list[str] = []
     pairs = [
-        (report.cosine[i][j], i, j)
+        (c, i, j)
         for i in range(m)
         for j in range(i + 1, m)
-        if report.cosine[i][j] is not None
+        if (c := report.cosine[i][j]) is not None
     ]
-    conflicts = sorted((c, i, j) for c, i, j in pairs if c is not None and c < 0)
+    conflicts = sorted((c, i, j) for c, i, j in pairs if report.conflict[i][j])
     for c, i, j in conflicts[:3]:
         angle = report.angle_deg[i][j] or 0.0
-        how = "conflict" if c <= -WEAK_CONFLICT else "conflict slightly, nearly orthogonal"
-        lines.append(f"{names[i]} and {names[j]} {how} (cos {c:.2f}, {angle:.0f}°)")
+        lines.append(f"{names[i]} and {names[j]} conflict (cos {c:+.2f}, {angle:.0f}°)")
+    if len(conflicts) > 3:
+        more = len(conflicts) - 3
+        lines.append(f"{more} more {'pair conflicts' if more == 1 else 'pairs conflict'}")
     if pairs and not conflicts:
         c, i, j = min(pairs)
         lines.append(
-            "no pair of losses conflicts on the mean gradient "
-            f"(lowest cos {c:.2f}: {names[i]} and {names[j]})"
+            f"no pair of losses conflicts on the mean gradient (lowest cos {c:+.2f}: {names[i]} "
+            f"and {names[j]}; a conflict is cos < -{tau:g})"
         )
-    stats = report.batch_stats
-    if stats is not None:
-        for i in range(m):
-            for j in range(i + 1, m):
-                frac = stats.conflict_fraction[i][j]
-                if frac is not None and frac > 0 and (report.cosine[i][j] or 0.0) >= 0:
-                    lines.append(
-                        f"{names[i]} and {names[j]} conflict in {frac:.0%} of the "
-                        f"{report.num_batches} batches (per-batch cos "
-                        f"{stats.cosine_mean[i][j]:+.2f} ± {stats.cosine_std[i][j]:.2f})"
-                    )
-    norms = {k: v.norm for k, v in report.gradients.items() if v.norm}
+    lines += _batch_verdict(report, names)
+    norms = {inert(k): v.norm for k, v in report.gradients.items() if v.norm}
     if len(norms) >= 2:
         big = max(norms, key=lambda k: norms[k])
         small = min(norms, key=lambda k: norms[k])
         ratio = norms[big] / norms[small]
         if ratio >= 2:
             lines.append(f"{big}'s gradient is {ratio:.1f}x {small}'s")
-    p = report.pareto
-    zero = [k for k, v in report.gradients.items() if v.norm == 0.0]
-    if p is not None:
-        if p.stationary and zero:
-            lines.append(
-                f"Pareto-stationary only trivially: {', '.join(zero)} "
-                f"{'has' if len(zero) == 1 else 'have'} a zero gradient on the selected "
-                "parameters; leave such losses out, or select parameters they reach"
-            )
-        elif p.stationary:
-            lines.append(
-                "Pareto-stationary: a convex combination of the gradients is ~0, so no direction "
-                "decreases every loss to first order"
-            )
-        else:
-            lines.append(
-                "the min-norm combination decreases every loss to first order "
-                f"(smallest rate {min(p.directional_derivatives.values()):.3g})"
-            )
-        if not p.unique:
-            lines.append("the min-norm weights are not unique (duplicated or dependent gradients)")
+    lines += _pareto_verdict(report)
     if not lines:
         lines.append("nothing to compare")
+    return lines
+
+
+def _batch_verdict(report: Report, names: Sequence[str]) -> list[str]:
+    """Return a sentence per pair that conflicts over batches but not on the mean gradient, and
+    per pair that is below -tau in some batches without conflicting on average."""
+    stats = report.batch_stats
+    if stats is None:
+        return []
+    tau = report.conflict_threshold
+    lines = []
+    m = len(names)
+    for i in range(m):
+        for j in range(i + 1, m):
+            n, below = stats.defined[i][j], stats.below_threshold[i][j]
+            mean, stderr = stats.cosine_mean[i][j], stats.cosine_stderr[i][j]
+            if report.conflict[i][j] or mean is None or stderr is None:
+                continue
+            spread = f"per-batch cos {mean:+.2f} ± {stderr:.2f}, mean ± standard error"
+            where = f"{n} batches where the cosine is defined"
+            if stats.conflict[i][j]:
+                lines.append(
+                    f"{names[i]} and {names[j]} conflict over batches ({spread} over the {where}; "
+                    f"below -{tau:g} in {below} of them)"
+                )
+            elif below:
+                lines.append(
+                    f"{names[i]} and {names[j]}: cos < -{tau:g} in {below} of the {where}, but "
+                    f"no conflict on average ({spread})"
+                )
+    return lines
+
+
+def _pareto_verdict(report: Report) -> list[str]:
+    p = report.pareto
+    if p is None:
+        return []
+    lines = []
+    zero = [inert(k) for k, v in report.gradients.items() if v.norm == 0.0]
+    if p.stationary and zero:
+        lines.append(
+            f"Pareto-stationary only trivially: {', '.join(zero)} "
+            f"{'has' if len(zero) == 1 else 'have'} a zero gradient on the selected "
+            "parameters; leave such losses out, or select parameters they reach"
+        )
+    elif p.stationary:
+        lines.append(
+            f"Pareto-stationary: the min-norm |d| is {p.relative_min_norm or 0.0:.2g} of the "
+            f"largest gradient norm (tol {p.tol:g}), so no direction decreases every loss to "
+            "first order"
+        )
+    else:
+        lines.append(
+            "the min-norm combination decreases every loss to first order "
+            f"(smallest rate {min(p.directional_derivatives.values()):.3g})"
+        )
+    if not p.unique:
+        lines.append("the min-norm weights are not unique (duplicated or dependent gradients)")
     return lines

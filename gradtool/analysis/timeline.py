@@ -1,8 +1,12 @@
 """Turns the records of a run log into a `TimelineReport`: how the gradients of the losses relate
 over training. Everything is recomputed from each record's Gramians G (whole model and per layer):
 
-    |g_i| = sqrt(G_ii),   cos_ij = G_ij / sqrt(G_ii G_jj),   conflict: cos_ij < 0,
+    |g_i| = sqrt(G_ii),   cos_ij = G_ij / sqrt(G_ii G_jj),   conflict: cos_ij < -tau,
     MGDA weights = argmin_{w in simplex} w^T G w (the recorded ones where the record has them).
+
+tau is the conflict threshold (`conflict_threshold`, default 0.05, as for a snapshot; see
+`gradtool.analysis.report`). Each record is judged on its own, and fractions count the records
+where the cosine is defined.
 
 The report is plain data, serialisable like `Report` (schema_version 1, NaN as null); the
 renderer and the plots only format it.
@@ -17,8 +21,10 @@ from typing import Any
 import torch
 
 from gradtool.analysis.convert import to_list
+from gradtool.analysis.report import DEFAULT_CONFLICT_THRESHOLD, check_conflict_threshold
 from gradtool.linalg import gramian as gm
 from gradtool.linalg.pareto import pareto_solution
+from gradtool.results.report import inert
 from gradtool.results.runlog import Record, RunLog
 from gradtool.results.timeline import (
     LayerTimeline,
@@ -35,8 +41,15 @@ TREND_POINTS = 10  # points of the downsampled series shown as sparklines
 MGDA_ROWS = 8  # recorded steps shown in the MGDA-weights-over-time table
 
 
-def build_timeline(run: RunLog | Sequence[Record], *, source: str = "") -> TimelineReport:
-    """Return the TimelineReport of a run log (or of records, oldest first)."""
+def build_timeline(
+    run: RunLog | Sequence[Record],
+    *,
+    source: str = "",
+    conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
+) -> TimelineReport:
+    """Return the TimelineReport of a run log (or of records, oldest first); a record's cosine
+    below -`conflict_threshold` is a conflict."""
+    tau = check_conflict_threshold(conflict_threshold)
     if isinstance(run, RunLog):
         records, warnings = run.records, list(run.warnings)
         source = source or str(run.path)
@@ -62,7 +75,7 @@ def build_timeline(run: RunLog | Sequence[Record], *, source: str = "") -> Timel
     cos = torch.stack([gm.cosine(g) for g in grams])  # (R, m, m)
     pairs_idx = [(i, j) for i in range(m) for j in range(i + 1, m)]
 
-    pairs = [_pair(names[i], names[j], cos[:, i, j], steps) for i, j in pairs_idx]
+    pairs = [_pair(names[i], names[j], cos[:, i, j], steps, tau) for i, j in pairs_idx]
     loss_trends = [
         _loss(name, [r.loss_values.get(name) for r in records], norms[:, i])
         for i, name in enumerate(names)
@@ -78,7 +91,7 @@ def build_timeline(run: RunLog | Sequence[Record], *, source: str = "") -> Timel
         )
         for k in _sample(len(records), MGDA_ROWS)
     ]
-    layer_names, lowest, layers = _layers(records, names, pairs_idx, steps)
+    layer_names, lowest, layers = _layers(records, names, pairs_idx, steps, tau)
     series = TimelineSeries(
         steps=steps,
         loss_values={name: [_f(r.loss_values.get(name)) for r in records] for name in names},
@@ -95,6 +108,7 @@ def build_timeline(run: RunLog | Sequence[Record], *, source: str = "") -> Timel
         num_records=len(records),
         first_step=steps[0],
         last_step=steps[-1],
+        conflict_threshold=tau,
         pairs=pairs,
         loss_trends=loss_trends,
         mgda=mgda,
@@ -119,22 +133,37 @@ def _f(x: float | torch.Tensor | None) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _pair(a: str, b: str, cos: torch.Tensor, steps: list[int]) -> PairTimeline:
+def _below(x: float | None, tau: float) -> bool:
+    """Return whether a cosine is a conflict: defined and below -tau."""
+    return x is not None and x < -tau
+
+
+def _pair(a: str, b: str, cos: torch.Tensor, steps: list[int], tau: float) -> PairTimeline:
     defined = [(s, float(c)) for s, c in zip(steps, cos.tolist(), strict=True) if math.isfinite(c)]
-    conflict = [s for s, c in defined if c < 0]
+    conflict = [s for s, c in defined if c < -tau]
     low = min(defined, key=lambda sc: sc[1]) if defined else None
+    high = max(c for _, c in defined) if defined else None
+    start, end = _f(cos[0]), _f(cos[-1])
+    trend = downsample(cos.tolist(), TREND_POINTS)
     return PairTimeline(
         a=a,
         b=b,
-        cos_start=_f(cos[0]),
+        cos_start=start,
         cos_min=low[1] if low else None,
-        cos_max=max(c for _, c in defined) if defined else None,
-        cos_end=_f(cos[-1]),
+        cos_max=high,
+        cos_end=end,
         step_min=low[0] if low else None,
+        defined_records=len(defined),
+        conflict_records=len(conflict),
         conflict_fraction=len(conflict) / len(defined) if defined else None,
         first_conflict_step=conflict[0] if conflict else None,
         last_conflict_step=conflict[-1] if conflict else None,
-        trend=downsample(cos.tolist(), TREND_POINTS),
+        trend=trend,
+        start_conflict=_below(start, tau),
+        min_conflict=_below(low[1] if low else None, tau),
+        max_conflict=_below(high, tau),
+        end_conflict=_below(end, tau),
+        trend_conflict=[_below(v, tau) for v in trend],
     )
 
 
@@ -198,9 +227,11 @@ def _layers(
     names: list[str],
     pairs_idx: list[tuple[int, int]],
     steps: list[int],
+    tau: float,
 ) -> tuple[list[str], list[Series], list[LayerTimeline]]:
     """Return the layer names (first-seen order), the layers x steps lowest pairwise cosine,
-    and per layer its conflict statistics."""
+    and per layer its conflict statistics (a record conflicts there when its lowest pairwise
+    cosine is below -tau; the worst pair is the one with the lowest mean cosine)."""
     order: dict[str, int] = {}
     for record in records:
         for layer in record.layers:
@@ -220,13 +251,14 @@ def _layers(
                 if math.isfinite(c):
                     defined.append(c)
                     pair_defined[k][p] += 1
-                    pair_conflicts[k][p] += c < 0
+                    pair_conflicts[k][p] += c < -tau
                     pair_sums[k][p] += c
             lowest[k][t] = min(defined) if defined else None
     layers = []
     for k, (name, numel) in enumerate(order.items()):
         values = [(s, c) for s, c in zip(steps, lowest[k], strict=True) if c is not None]
-        conflicts = [s for s, c in values if c < 0]
+        conflicts = [s for s, c in values if c < -tau]
+        mean_lowest = sum(c for _, c in values) / len(values) if values else None
         means = [
             (pair_sums[k][p] / pair_defined[k][p], p)
             for p in range(len(pairs_idx))
@@ -235,18 +267,23 @@ def _layers(
         worst = min(means, default=None)
         p = worst[1] if worst else 0
         frac = pair_conflicts[k][p] / pair_defined[k][p] if worst else 0.0
-        i, j = pairs_idx[p] if worst else (0, 0)
+        shown = worst is not None and frac > 0  # the worst pair is named only if it conflicts
+        i, j = pairs_idx[p] if shown else (0, 0)
         layers.append(
             LayerTimeline(
                 name=name,
                 numel=numel,
                 records=len(values),
+                conflict_records=len(conflicts),
                 conflict_fraction=len(conflicts) / len(values) if values else None,
-                mean_lowest_cos=sum(c for _, c in values) / len(values) if values else None,
+                mean_lowest_cos=mean_lowest,
+                mean_lowest_conflict=_below(mean_lowest, tau),
                 first_conflict_step=conflicts[0] if conflicts else None,
-                worst_pair=f"{names[i]}~{names[j]}" if worst and frac > 0 else None,
-                worst_pair_mean_cos=worst[0] if worst and frac > 0 else None,
-                worst_pair_fraction=frac if worst and frac > 0 else None,
+                worst_pair=f"{names[i]}~{names[j]}" if shown else None,
+                worst_pair_indices=(i, j) if shown else None,
+                worst_pair_mean_cos=worst[0] if worst and shown else None,
+                worst_pair_conflict=shown and _below(worst[0] if worst else None, tau),
+                worst_pair_fraction=frac if shown else None,
             )
         )
     return list(order), lowest, layers
@@ -274,35 +311,52 @@ def _sample(n: int, rows: int) -> list[int]:
 
 
 def timeline_verdict(report: TimelineReport) -> list[str]:
-    """Return short sentences: which pairs conflict and when, where, norm trends, stationarity."""
+    """Return short sentences: which pairs conflict and when, where, norm trends, stationarity.
+
+    A conflict is a record's cosine below -`conflict_threshold`; each share names its
+    denominator (the records where the cosine is defined). Names are shown `inert`.
+    """
     lines: list[str] = []
-    n = report.num_records
+    tau = report.conflict_threshold
     conflicting = sorted(
-        (p for p in report.pairs if p.conflict_fraction), key=lambda p: p.cos_min or 0.0
+        (p for p in report.pairs if p.conflict_records), key=lambda p: p.cos_min or 0.0
     )
     for p in conflicting[:3]:
         text = (
-            f"{p.a} and {p.b} conflict in {p.conflict_fraction:.0%} of {n} records from step "
-            f"{p.first_conflict_step}, lowest cos {p.cos_min:+.2f} at step {p.step_min}"
+            f"{inert(p.a)} and {inert(p.b)} conflict in {p.conflict_fraction or 0.0:.0%} of the "
+            f"{p.defined_records} records where the cosine is defined, from step "
+            f"{p.first_conflict_step}; lowest cos {p.cos_min:+.2f} at step {p.step_min}"
         )
-        if p.cos_end is not None and p.cos_end >= 0 and p.last_conflict_step is not None:
+        if p.cos_end is not None and not p.end_conflict and p.last_conflict_step is not None:
             text += f"; faded after step {p.last_conflict_step} (cos {p.cos_end:+.2f} at the end)"
         lines.append(text)
+    if len(conflicting) > 3:
+        more = len(conflicting) - 3
+        what = "pair conflicts" if more == 1 else "pairs conflict"
+        lines.append(f"{more} more {what} in some records")
     if report.pairs and not conflicting:
         lows = [p for p in report.pairs if p.cos_min is not None]
         if lows:
             low = min(lows, key=lambda p: p.cos_min or 0.0)
             lines.append(
-                f"no pair of losses conflicts at any of the {n} records "
-                f"(lowest cos {low.cos_min:+.2f}: {low.a} and {low.b})"
+                f"no pair of losses conflicts at any of the {report.num_records} records "
+                f"(lowest cos {low.cos_min:+.2f}: {inert(low.a)} and {inert(low.b)}; a conflict "
+                f"is cos < -{tau:g})"
             )
-    hot = [x for x in report.layers if x.conflict_fraction]
+    hot = [x for x in report.layers if x.conflict_records]
     if hot:
         top = max(hot, key=lambda x: (x.conflict_fraction or 0.0, -(x.mean_lowest_cos or 0.0)))
-        lines.append(
-            f"conflict concentrates in {top.name}: some pair has cos < 0 there in "
-            f"{top.conflict_fraction:.0%} of records (mean {top.mean_lowest_cos:+.2f})"
+        text = (
+            f"conflict concentrates in {inert(top.name)}: some pair has cos < -{tau:g} there in "
+            f"{top.conflict_fraction or 0.0:.0%} of the {top.records} records where it is defined"
         )
+        if top.worst_pair_indices is not None and top.worst_pair_mean_cos is not None:
+            i, j = top.worst_pair_indices
+            text += (
+                f" (worst pair {inert(report.losses[i])} and {inert(report.losses[j])}, mean cos "
+                f"{top.worst_pair_mean_cos:+.2f})"
+            )
+        lines.append(text)
     moved = [
         t for t in report.loss_trends if t.norm_ratio and (t.norm_ratio >= 2 or t.norm_ratio <= 0.5)
     ]
@@ -310,7 +364,8 @@ def timeline_verdict(report: TimelineReport) -> list[str]:
         way = "fell" if (t.norm_ratio or 1.0) < 1 else "grew"
         factor = 1 / t.norm_ratio if (t.norm_ratio or 1.0) < 1 else t.norm_ratio
         lines.append(
-            f"{t.name}'s gradient norm {way} {factor:.1f}x ({t.norm_start:.3g} -> {t.norm_end:.3g})"
+            f"{inert(t.name)}'s gradient norm {way} {factor:.1f}x "
+            f"({t.norm_start:.3g} -> {t.norm_end:.3g})"
         )
     frac = report.mgda_stationary_fraction
     if frac:

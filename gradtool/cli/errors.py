@@ -1,19 +1,26 @@
 """Errors for the command line: each `GradtoolError` worded with the CLI's flags, one `Error:`
-line and a `Hint:` on stderr, and its exit code; an earlier run's `-o` document is removed when a
-run fails, so it cannot pass for this run's."""
+line and a `Hint:` on stderr, and its exit code.
+
+Around every command, before any work: output paths are made absolute (a gradfile that changes
+the working folder moves nothing) and an output that is one of the run's inputs is refused. After
+a failure, an earlier run's document at `-o` is removed (it would pass for this run's); a document
+this run wrote, and anything that is not a regular file, is kept.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
-from gradtool.cli.output import escape, stderr_console
+from gradtool.cli.output import command_paths, escape, shown, stderr_console
 from gradtool.errors import GradtoolError, UsageError, UserCodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,6 +33,17 @@ FLAGS: dict[str, str] = {
     "output": "-o",
 }
 
+# The commands' keyword arguments that name a file the run reads, and what each is called.
+INPUTS: dict[str, str] = {
+    "gradfile": "the gradfile",
+    "checkpoint": "the checkpoint",
+    "run": "the run log",
+}
+
+# Path arguments kept as typed: each is read before any of the user's code runs, and is shown
+# back (table headers, the document's `gradfile`), so a relative path stays relative there.
+READ_FIRST = ("gradfile", "run")
+
 
 def cli_option(name: str, value: str | None) -> str:
     """Word an option reference as its flag: `--strategy loop`, or `--strategy` alone."""
@@ -34,31 +52,43 @@ def cli_option(name: str, value: str | None) -> str:
 
 
 def handle_errors(fn: F) -> F:
-    """Map `GradtoolError` to 'Error:' / 'Hint:' lines on stderr and its exit code; on any
-    failure, remove an earlier run's document at `-o PATH` (it would pass for this run's)."""
+    """Run the command `fn` with its output paths absolute and checked against its inputs; map
+    `GradtoolError` to 'Error:' / 'Hint:' lines on stderr and its exit code; on any failure,
+    remove an earlier run's document at `-o PATH` (it would pass for this run's)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        typed = dict(kwargs)
+        kwargs = absolute_paths(kwargs)
         output = kwargs.get("output")
-        gradfile = kwargs.get("gradfile")
-        if isinstance(output, Path) and isinstance(gradfile, Path) and _same_path(output, gradfile):
-            report_error(UsageError(f"-o {output} is the gradfile itself", "give another file"))
-            raise typer.Exit(2)
         try:
-            return fn(*args, **kwargs)
-        except GradtoolError as exc:
+            check_targets(kwargs, typed)
+        except UsageError as exc:
             if os.environ.get("GRADTOOL_DEBUG"):
                 raise
             report_error(exc)
-            _remove_stale(output)
             raise typer.Exit(exc.exit_code) from None
-        except typer.Exit as exc:
-            if exc.exit_code:
-                _remove_stale(output)
-            raise
-        except BaseException:
-            _remove_stale(output)
-            raise
+        made_absolute = {
+            kwargs[key]: typed[key]
+            for key in kwargs
+            if isinstance(typed[key], Path) and kwargs[key] != typed[key]
+        }
+        with command_paths(made_absolute) as written:
+            try:
+                return fn(*args, **kwargs)
+            except GradtoolError as exc:
+                _remove_stale(output, written)
+                if os.environ.get("GRADTOOL_DEBUG"):
+                    raise
+                report_error(exc)
+                raise typer.Exit(exc.exit_code) from None
+            except typer.Exit as exc:
+                if exc.exit_code:
+                    _remove_stale(output, written)
+                raise
+            except BaseException:
+                _remove_stale(output, written)
+                raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -76,15 +106,112 @@ def report_error(exc: GradtoolError) -> None:
         err.print(f"[bold]Hint:[/] {escape(hint)}")
 
 
-def _remove_stale(output: object) -> None:
-    if isinstance(output, Path) and output.is_file():
-        output.unlink()
-        note = f"removed the earlier {escape(str(output))}: this run failed"
-        stderr_console().print(f"[dim]{note}[/]")
+def absolute_paths(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Return `kwargs` with every `Path` absolute (`Path.absolute`: symbolic links are kept, so
+    `-o link` still writes through the link), except the READ_FIRST inputs.
+
+    The gradfile may change the working folder (`os.chdir`) when imported or in `losses`; a
+    relative `-o`, `--plot` or `--checkpoint` used after that would point somewhere else.
+    """
+    return {
+        key: value.absolute() if isinstance(value, Path) and key not in READ_FIRST else value
+        for key, value in kwargs.items()
+    }
 
 
-def _same_path(a: Path, b: Path) -> bool:
+def check_targets(kwargs: dict[str, Any], typed: dict[str, Any]) -> None:
+    """Raise a `UsageError` if `-o` or a file `--plot` writes is one of the run's inputs, or if
+    `-o` and `--plot` name the same file; `typed` holds the paths as the user wrote them.
+
+    Two paths are the same file when they resolve to the same path (symbolic links followed) or,
+    both existing, share device and inode (hard links, bind mounts).
+    """
+    inputs = [
+        (role, kwargs[key], typed[key])
+        for key, role in INPUTS.items()
+        if isinstance(kwargs.get(key), Path)
+    ]
+    output, plot = kwargs.get("output"), kwargs.get("plot")
+    targets: list[tuple[str, Path]] = []
+    if isinstance(output, Path):
+        targets.append((f"-o {typed['output']}", output))
+    if isinstance(plot, Path):
+        figures = [(f"--plot {typed['plot']}{note}", path) for note, path in _plot_files(plot)]
+        for flag, path in [(f"--plot {typed['plot']}", plot), *figures]:
+            if isinstance(output, Path) and _same_file(output, path):
+                raise UsageError(
+                    f"-o {typed['output']} and {flag} name the same file",
+                    hint="give the JSON document and the figures a path each",
+                    option="output",
+                    reason="output_is_plot",
+                )
+        targets += figures
+    for flag, target in targets:
+        for role, source, as_typed in inputs:
+            if _same_file(target, source):
+                raise UsageError(
+                    f"{flag} would overwrite {role} {as_typed}, an input of this run",
+                    hint="write to a new file: an input is never replaced",
+                    option="output" if flag.startswith("-o") else "plot",
+                    reason="output_is_input",
+                )
+
+
+def _plot_files(plot: Path) -> Iterator[tuple[str, Path]]:
+    """Yield (note, path) for each file `--plot` writes: the image itself (`inspect`), or, where
+    `--plot` names a folder (`report`), each timeline figure inside it."""
+    from gradtool.render.plots import SNAPSHOT_SUFFIXES, TIMELINE_FIGURES
+
+    if plot.suffix.lower() in SNAPSHOT_SUFFIXES and not plot.is_dir():
+        yield "", plot
+        return
+    for name in TIMELINE_FIGURES:
+        yield f" (its {name})", plot / name
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Return True if `a` and `b` are one file: the same resolved path, or the same inode."""
+    with contextlib.suppress(OSError, RuntimeError):
+        if a.resolve() == b.resolve():
+            return True
     try:
-        return a.resolve() == b.resolve()
-    except OSError:
+        sa, sb = os.stat(a), os.stat(b)
+    except (OSError, ValueError):
         return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _remove_stale(output: object, written: set[Path]) -> None:
+    """Remove the document an earlier run left at `output`, unless this run wrote it.
+
+    Only a regular file is unlinked. A symbolic link is never followed to remove its target
+    (nor removed: it is the user's), a device or FIFO is never touched; where an earlier
+    document may remain, or cannot be removed (a read-only folder), a warning says so.
+    """
+    if not isinstance(output, Path) or output in written:
+        return
+    try:
+        mode = os.lstat(output).st_mode
+    except OSError:
+        return  # nothing there
+    err = stderr_console()
+    name = escape(shown(output))
+    if stat.S_ISLNK(mode):
+        if output.is_file():
+            err.print(
+                f"[bold yellow]Warning:[/] {name} links to an earlier run's document, kept "
+                "(a link is not followed to remove its target): this run failed"
+            )
+        return
+    if not stat.S_ISREG(mode):
+        return
+    try:
+        output.unlink()
+    except OSError as exc:
+        reason = escape(exc.strerror or str(exc))
+        err.print(
+            f"[bold yellow]Warning:[/] could not remove the earlier {name} ({reason}): "
+            "it is not this run's document"
+        )
+        return
+    err.print(f"[dim]removed the earlier {name}: this run failed[/]")

@@ -28,6 +28,11 @@ class NormalizeChoice(str, Enum):
     loss_plus = "loss+"
 
 
+# The library's defaults, repeated here because importing them would import torch (`--help` must
+# not); tests/e2e/test_conflict_display.py checks they agree.
+DEFAULT_CONFLICT_THRESHOLD = 0.05  # gradtool.analysis.report.DEFAULT_CONFLICT_THRESHOLD
+DEFAULT_TOL = 1e-6  # gradtool.linalg.pareto.STATIONARY_TOL
+
 GradfileArg = Annotated[
     Path,
     typer.Argument(
@@ -47,7 +52,10 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed torch/random before t
 CheckpointOpt = Annotated[
     Path | None,
     typer.Option(
-        "--checkpoint", help="Load this state dict into the model first.", show_default=False
+        "--checkpoint",
+        help="Load these weights into the model first: a state dict file (torch.save or "
+        ".safetensors) or a save_pretrained folder.",
+        show_default=False,
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")]
@@ -102,6 +110,22 @@ MethodsOpt = Annotated[
         "dualproj, pcgrad, imtl_g, aligned_mtl, cagrad, nash_mtl, fairgrad.",
     ),
 ]
+ConflictThresholdOpt = Annotated[
+    float,
+    typer.Option(
+        "--conflict-threshold",
+        help="A cosine below minus this is a conflict (0 to 1); over batches, when the mean "
+        "cosine stays below it by more than its standard error.",
+    ),
+]
+TolOpt = Annotated[
+    float,
+    typer.Option(
+        "--tol",
+        help="Pareto-stationary when the min-norm |d| is at most this fraction of the largest "
+        "gradient norm.",
+    ),
+]
 PreferenceOpt = Annotated[
     str | None,
     typer.Option(
@@ -132,6 +156,20 @@ def load_options(
         params=tuple(params or ()),
         max_batches=batches,
     )
+
+
+def conflict_threshold_option(value: float) -> float:
+    """Return `--conflict-threshold` checked (0 to 1), before the gradfile runs; exit 2 if not."""
+    from gradtool.analysis.report import check_conflict_threshold
+
+    return check_conflict_threshold(value)
+
+
+def tol_option(value: float) -> float:
+    """Return `--tol` checked (finite, >= 0), before the gradfile runs; exit 2 if not."""
+    from gradtool.linalg.pareto import check_tol
+
+    return check_tol(value)
 
 
 def methods_option(text: str) -> tuple[str, ...]:

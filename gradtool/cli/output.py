@@ -1,15 +1,29 @@
 """What the commands write: tables or JSON on stdout, notes on stderr, the `-o` document, and the
-checks on output paths made before any work."""
+checks on output paths made before any work.
+
+While the gradfile runs, file descriptor 1 itself points at stderr (`user_prints_to_stderr`), so
+whatever the user's code prints, from Python, a thread, `os.write(1, ...)` or C, cannot mix into
+the tables or the one JSON document that gradtool prints afterwards.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from gradtool.errors import UsageError
+from gradtool.results.report import printable
+
+# The `-o` paths this command run has written (None outside `command_paths`): `handle_errors`
+# removes a document left at `-o` by an earlier run, never one this run wrote.
+_WRITTEN: ContextVar[set[Path] | None] = ContextVar("gradtool_written", default=None)
+# Absolute path -> the path as the user typed it, for this command run (see `shown`).
+_TYPED: ContextVar[Mapping[Path, Path] | None] = ContextVar("gradtool_typed", default=None)
 
 
 def emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], None]) -> None:
@@ -18,7 +32,7 @@ def emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], 
 
     err = stderr_console()
     for warning in report.warnings:
-        err.print(f"[bold yellow]Warning:[/] {escape(warning)}")
+        err.print(f"[bold yellow]Warning:[/] {escape(printable(warning))}")
     text = report.to_json()
     if json_out:
         sys.stdout.write(text + "\n")
@@ -29,9 +43,12 @@ def emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], 
         try:
             write_atomic(output, text + "\n")
         except OSError as exc:
-            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
+            raise UsageError(f"cannot write {shown(output)}: {exc.strerror or exc}") from None
+        written = _WRITTEN.get()
+        if written is not None:
+            written.add(output)
         if not json_out:
-            err.print(f"[dim]wrote {escape(str(output))}[/]")
+            err.print(f"[dim]wrote {escape(shown(output))}[/]")
 
 
 def check_plot_path(plot: Path) -> None:
@@ -40,20 +57,93 @@ def check_plot_path(plot: Path) -> None:
 
     if plot.suffix.lower() not in SNAPSHOT_SUFFIXES:
         raise UsageError(
-            f"--plot {plot}: the image should end in one of {', '.join(SNAPSHOT_SUFFIXES)}",
+            f"--plot {shown(plot)}: the image should end in one of {', '.join(SNAPSHOT_SUFFIXES)}",
             hint="e.g. --plot cosine.png",
         )
     parent = plot.parent if str(plot.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(
-            f"--plot {plot}: the folder {parent} does not exist", hint="create it first"
+            f"--plot {shown(plot)}: the folder {Path(shown(plot)).parent} does not exist",
+            hint="create it first",
         )
     require_matplotlib()
 
 
-def user_prints_to_stderr() -> contextlib.AbstractContextManager[object]:
-    """Send what the gradfile prints to stderr: stdout carries gradtool's tables or JSON only."""
-    return contextlib.redirect_stdout(sys.stderr)
+@contextlib.contextmanager
+def command_paths(typed: Mapping[Path, Path]) -> Iterator[set[Path]]:
+    """For one command run: remember how the user typed each path made absolute (`typed`:
+    absolute -> as typed, for `shown`), and yield the set of `-o` paths `emit` writes."""
+    written: set[Path] = set()
+    token_written, token_typed = _WRITTEN.set(written), _TYPED.set(dict(typed))
+    try:
+        yield written
+    finally:
+        _TYPED.reset(token_typed)
+        _WRITTEN.reset(token_written)
+
+
+def shown(path: Path) -> str:
+    """Return `path` as the user typed it on the command line: the typed form of a path the
+    command made absolute, or of a path inside one (a figure in `--plot DIR`); else `path`."""
+    typed = _TYPED.get() or {}
+    if path in typed:
+        return str(typed[path])
+    for absolute, as_typed in typed.items():
+        with contextlib.suppress(ValueError):
+            return str(as_typed / path.relative_to(absolute))
+    return str(path)
+
+
+@contextlib.contextmanager
+def user_prints_to_stderr() -> Iterator[None]:
+    """Send everything the gradfile prints to stderr while the block runs: stdout carries
+    gradtool's tables or JSON only, printed after the block.
+
+    `sys.stdout` is pointed at `sys.stderr`, and, where both are real files, so is file
+    descriptor 1 (`dup2`), which also catches `os.write(1, ...)`, C `printf` and child processes.
+    Python's and C's stdout buffers are flushed before descriptor 1 is put back, so nothing the
+    user printed reaches the real stdout late. Where stdout is not a file descriptor (a test
+    runner's buffer), only `sys.stdout` is redirected.
+    """
+    out_fd = _fileno(sys.stdout)
+    err_fd = _fileno(sys.stderr)
+    if out_fd is None or err_fd is None or out_fd == err_fd:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()  # gradtool's own earlier output goes out first, to the real stdout
+    saved = os.dup(out_fd)
+    try:
+        _flush_c_stdio()
+        os.dup2(err_fd, out_fd)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        _flush_c_stdio()
+        os.dup2(saved, out_fd)
+        os.close(saved)
+
+
+def _fileno(stream: Any) -> int | None:
+    """Return the file descriptor under `stream`, or None if it has none (or is closed)."""
+    try:
+        fd = stream.fileno()
+        os.fstat(fd)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return int(fd)
+
+
+def _flush_c_stdio() -> None:
+    """Flush every C stdio stream (`fflush(NULL)`): what the user's C code printed with `printf`
+    and left buffered goes where descriptor 1 points now, not wherever it points at exit."""
+    with contextlib.suppress(Exception):  # no C library to reach (not POSIX): nothing to flush
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
 
 
 @contextlib.contextmanager
@@ -80,10 +170,13 @@ def check_output_path(output: Path) -> None:
     parent = output.parent if str(output.parent) else Path(".")
     if output.is_dir():
         raise UsageError(
-            f"-o {output} is a directory", hint="give a file path, e.g. -o report.json"
+            f"-o {shown(output)} is a directory", hint="give a file path, e.g. -o report.json"
         )
     if not parent.is_dir():
-        raise UsageError(f"-o {output}: the folder {parent} does not exist", hint="create it first")
+        raise UsageError(
+            f"-o {shown(output)}: the folder {Path(shown(output)).parent} does not exist",
+            hint="create it first",
+        )
 
 
 def stderr_console() -> Any:

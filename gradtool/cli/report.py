@@ -8,8 +8,14 @@ from typing import Annotated
 import typer
 
 from gradtool.cli.errors import handle_errors
-from gradtool.cli.options import JsonOpt, OutputOpt
-from gradtool.cli.output import check_output_path, emit, escape, stderr_console
+from gradtool.cli.options import (
+    DEFAULT_CONFLICT_THRESHOLD,
+    ConflictThresholdOpt,
+    JsonOpt,
+    OutputOpt,
+    conflict_threshold_option,
+)
+from gradtool.cli.output import check_output_path, emit, escape, shown, stderr_console
 from gradtool.errors import UsageError
 
 
@@ -28,11 +34,13 @@ def report_command(
             show_default=False,
         ),
     ] = None,
+    conflict_threshold: ConflictThresholdOpt = DEFAULT_CONFLICT_THRESHOLD,
     json_out: JsonOpt = False,
     output: OutputOpt = None,
 ) -> None:
     """Gradients over training, from a Monitor's run log: conflicts per pair over time, norm
     trends, MGDA weights, the layers where conflict concentrates."""
+    threshold = conflict_threshold_option(conflict_threshold)
     if output is not None:
         check_output_path(output)
     if plot is not None:
@@ -44,10 +52,10 @@ def report_command(
     from gradtool.api import run_report
     from gradtool.render import make_console, render_timeline
 
-    timeline = run_report(run)
+    timeline = run_report(run, conflict_threshold=threshold)
     emit(timeline, json_out, output, lambda: render_timeline(timeline, make_console()))
     if plot is not None:
         from gradtool.render.plots import plot_timeline
 
         for path in plot_timeline(timeline, plot):
-            stderr_console().print(f"[dim]wrote {escape(str(path))}[/]")
+            stderr_console().print(f"[dim]wrote {escape(shown(path))}[/]")

@@ -9,8 +9,11 @@ import typer
 
 from gradtool.cli.errors import handle_errors
 from gradtool.cli.options import (
+    DEFAULT_CONFLICT_THRESHOLD,
+    DEFAULT_TOL,
     BatchesOpt,
     CheckpointOpt,
+    ConflictThresholdOpt,
     DepthOpt,
     DeviceOpt,
     EvalOpt,
@@ -26,9 +29,12 @@ from gradtool.cli.options import (
     SeedOpt,
     StrategyChoice,
     StrategyOpt,
+    TolOpt,
     VerboseOpt,
+    conflict_threshold_option,
     load_options,
     methods_option,
+    tol_option,
 )
 from gradtool.cli.output import (
     batch_progress,
@@ -36,6 +42,7 @@ from gradtool.cli.output import (
     check_plot_path,
     emit,
     escape,
+    shown,
     stderr_console,
     user_prints_to_stderr,
 )
@@ -58,14 +65,16 @@ def inspect(
     depth: DepthOpt = 3,
     strategy: StrategyOpt = StrategyChoice.auto,
     low_memory: LowMemoryOpt = False,
+    conflict_threshold: ConflictThresholdOpt = DEFAULT_CONFLICT_THRESHOLD,
     json_out: JsonOpt = False,
     output: OutputOpt = None,
     verbose: VerboseOpt = False,
     plot: PlotFileOpt = None,
 ) -> None:
     """Per-loss gradient norms, pairwise cosines and conflicts, layers, unused parameters."""
+    threshold = conflict_threshold_option(conflict_threshold)
     load = load_options(params, batches, seed, checkpoint, device, eval_mode)
-    request = _request("inspect", gradfile, load, depth, strategy, low_memory)
+    request = _request("inspect", gradfile, load, depth, strategy, low_memory, threshold)
     _execute(request, json_out, output, verbose, plot=plot)
 
 
@@ -84,6 +93,8 @@ def pareto(
             "--normalize", help="Normalise gradients first (MGDA-UB): by norm, loss, or both."
         ),
     ] = NormalizeChoice.none,
+    tol: TolOpt = DEFAULT_TOL,
+    conflict_threshold: ConflictThresholdOpt = DEFAULT_CONFLICT_THRESHOLD,
     params: ParamsOpt = None,
     batches: BatchesOpt = None,
     seed: SeedOpt = 0,
@@ -102,12 +113,18 @@ def pareto(
 
     methods = methods_option(method)
     pref = _preference_option(preference, methods, compare)
+    stationary_tol = tol_option(tol)
+    threshold = conflict_threshold_option(conflict_threshold)
     load = load_options(params, batches, seed, checkpoint, device, eval_mode)
-    request = _request("pareto", gradfile, load, depth, strategy, low_memory)
+    request = _request("pareto", gradfile, load, depth, strategy, low_memory, threshold)
     from dataclasses import replace
 
     options = ParetoOptions(
-        normalize=normalize.value, methods=methods, compare=compare, preference=pref
+        normalize=normalize.value,
+        tol=stationary_tol,
+        methods=methods,
+        compare=compare,
+        preference=pref,
     )
     request = replace(request, pareto=options)
     _execute(request, json_out, output, verbose)
@@ -120,6 +137,7 @@ def _request(
     depth: int,
     strategy: StrategyChoice,
     low_memory: bool,
+    conflict_threshold: float,
 ) -> InspectRequest:
     from gradtool.api import InspectRequest
 
@@ -130,6 +148,7 @@ def _request(
         depth=depth,
         strategy=strategy.value,
         low_memory=low_memory,
+        conflict_threshold=conflict_threshold,
     )
 
 
@@ -156,7 +175,7 @@ def _execute(
         from gradtool.render.plots import plot_snapshot
 
         path = plot_snapshot(report, plot)
-        stderr_console().print(f"[dim]wrote {escape(str(path))}[/]")
+        stderr_console().print(f"[dim]wrote {escape(shown(path))}[/]")
 
 
 def _preference_option(

@@ -68,6 +68,29 @@ def normalized(g: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return g * inv[:, None] * inv[None, :]
 
 
+def below(values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Return the boolean mask values < -threshold (NaN, an undefined value, is never below)."""
+    return values < -threshold
+
+
+def offdiagonal_below(cos: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Return the m x m mask cos_ij < -threshold off the diagonal (a gradient never conflicts with
+    itself, and NaN entries never count)."""
+    mask = below(cos, threshold)
+    mask.fill_diagonal_(False)
+    return mask
+
+
+def batch_cosine_counts(
+    batch_gramians: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (defined, below) over the batch axis, as m x m integer counts: the batches where
+    cos_ij is defined, and those where cos_ij < -threshold."""
+    cos = torch.stack([cosine(g) for g in batch_gramians])
+    defined = (~torch.isnan(cos)).sum(dim=0)
+    return defined, below(cos, threshold).sum(dim=0)
+
+
 def batch_cosine_stats(
     batch_gramians: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ a step -lr d; all (G c)_i >= 0 means the step decreases every loss.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ class ParetoSolution:
 
     `weights` lie on the simplex of the normalised gradients g_i / s_i; `loss_weights` = w / s are
     the coefficients on the raw losses, so the combined direction is d = sum_i loss_weights_i g_i.
+    `relative_min_norm` = |sum_i w_i g_i / s_i| / max_i |g_i / s_i| (None when every gradient is
+    0) is what stationarity compares with `tol`.
     """
 
     normalize: str
@@ -40,6 +43,22 @@ class ParetoSolution:
     unique: bool
     kkt_residual: float
     support: tuple[int, ...]
+    relative_min_norm: float | None
+    tol: float
+
+
+def check_tol(tol: float) -> float:
+    """Return `tol` as a float after checking it is finite and >= 0 (0: stationary only when
+    some convex combination of the gradients is exactly 0)."""
+    value = float(tol)
+    if not (math.isfinite(value) and value >= 0):
+        raise UsageError(
+            f"{opt('tol')} should be a finite number >= 0; found {tol!r}",
+            hint=f"e.g. {opt('tol', '1e-6')} (the default): Pareto-stationary when the min-norm "
+            "is at most that fraction of the largest gradient norm",
+            option="tol",
+        )
+    return value
 
 
 def normalization_scale(
@@ -67,7 +86,7 @@ def normalization_scale(
         if not value > 0:
             raise LossError(
                 f"{opt('normalize', normalize)} divides by the loss, which must be positive; "
-                f"loss '{name}' is {value:.6g}",
+                f"loss {name!r} is {value:.6g}",
                 hint=f"use {opt('normalize', 'l2')} or 'none' for losses that can be zero or "
                 "negative",
                 loss=name,
@@ -87,15 +106,18 @@ def pareto_solution(
     """Return the min-norm weights of the normalised problem and their effect on the raw losses.
 
     Pareto-stationary when min_w |sum w_i g_i / s_i| <= tol * max_i |g_i / s_i| (scale-free: some
-    convex combination of the gradients is zero up to round-off).
+    convex combination of the gradients is zero up to round-off); the ratio of the two sides is
+    `relative_min_norm`. Raises `UsageError` for a negative or non-finite `tol`.
     """
+    tol = check_tol(tol)
     scale = normalization_scale(gramian, loss_values, normalize, names)
     g_norm = normalized(gramian, scale)
     sol = min_norm_weights(g_norm)
     loss_weights = sol.weights / scale
     stats = direction_stats(gramian, loss_weights)
     largest = float(norms(g_norm).max())
-    stationary = largest == 0.0 or sol.min_norm <= tol * largest
+    relative = None if largest == 0.0 else sol.min_norm / largest
+    stationary = relative is None or relative <= tol
     return ParetoSolution(
         normalize=normalize,
         scale=scale,
@@ -108,4 +130,6 @@ def pareto_solution(
         unique=sol.unique,
         kkt_residual=sol.kkt_residual,
         support=sol.support,
+        relative_min_norm=relative,
+        tol=tol,
     )

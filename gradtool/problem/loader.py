@@ -6,11 +6,11 @@ A gradfile is a plain Python file defining `model` and `losses`, optionally `bat
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib.util
 import inspect
 import random
-import re
 import sys
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +22,13 @@ import torch
 from torch import nn
 
 from gradtool.errors import GradfileError, UsageError, UserCodeError, opt
-from gradtool.problem.problem import Problem, named_parameters
+from gradtool.problem.checkpoint import listed, load_checkpoint, meta_tensor_names
+from gradtool.problem.problem import (
+    Problem,
+    gradfile_folder_on_path,
+    named_parameters,
+    parameter_aliases,
+)
 
 GRADFILE_HINT = "a gradfile defines `model` and `losses(model)`; see README § Gradfiles"
 
@@ -40,7 +46,8 @@ class LoadOptions:
 
 
 def import_gradfile(path: Path) -> types.ModuleType:
-    """Return the gradfile at `path` imported as a fresh module (its directory on sys.path)."""
+    """Return the gradfile at `path` imported as a fresh module (its folder first on sys.path
+    while it runs, as under `python FILE`)."""
     path = Path(path)
     if not path.exists():
         raise GradfileError(f"gradfile {path} does not exist", hint=GRADFILE_HINT)
@@ -55,15 +62,12 @@ def import_gradfile(path: Path) -> types.ModuleType:
     if spec is None or spec.loader is None:
         raise GradfileError(f"cannot import {path} as a Python module", hint=GRADFILE_HINT)
     module = importlib.util.module_from_spec(spec)
-    folder = str(path.resolve().parent)
-    added = folder not in sys.path
-    if added:
-        sys.path.insert(0, folder)
     sys.modules[module_name] = module
     saved_argv = sys.argv
     sys.argv = [str(path)]  # as `python FILE` would see it, not gradtool's options
     try:
-        spec.loader.exec_module(module)
+        with gradfile_folder_on_path(path.parent):
+            spec.loader.exec_module(module)
     except SyntaxError as exc:
         sys.modules.pop(module_name, None)
         where = f"{exc.filename or path}, line {exc.lineno}"
@@ -85,8 +89,6 @@ def import_gradfile(path: Path) -> types.ModuleType:
         ) from exc
     finally:
         sys.argv = saved_argv
-        if added:
-            sys.path.remove(folder)
     return module
 
 
@@ -94,14 +96,20 @@ def load_problem(path: Path, options: LoadOptions | None = None) -> Problem:
     """Return the `Problem` the gradfile at `path` defines, built as `options` say."""
     options = options or LoadOptions()
     path = Path(path)
+    resolved = path.resolve()  # before the gradfile runs: it may chdir
     device = _resolve_device(options.device)
     if options.max_batches is not None and options.max_batches < 1:
         raise UsageError(
             f"{opt('max_batches')} should be at least 1; found {options.max_batches}",
             option="max_batches",
         )
-    if options.checkpoint is not None and not Path(options.checkpoint).is_file():
-        raise UsageError(f"checkpoint {options.checkpoint} does not exist", option="checkpoint")
+    if options.checkpoint is not None and not Path(options.checkpoint).exists():
+        raise UsageError(
+            f"checkpoint {options.checkpoint} does not exist",
+            hint=f"{opt('checkpoint')} takes a state dict file (torch.save or .safetensors) or a "
+            "folder saved by save_pretrained",
+            option="checkpoint",
+        )
     if options.seed is not None:
         _seed_everything(options.seed)
     module = import_gradfile(path)
@@ -109,13 +117,16 @@ def load_problem(path: Path, options: LoadOptions | None = None) -> Problem:
     missing = [n for n in ("model", "losses") if n not in names]
     if missing:
         found = _public_names(module)
-        listed = ", ".join(found) if found else "nothing"
+        defined = ", ".join(found) if found else "nothing"
         which = " and ".join(f"`{n}`" for n in missing)
-        raise GradfileError(f"could not find {which} in {path}. Found: {listed}", GRADFILE_HINT)
+        raise GradfileError(f"could not find {which} in {path}. Found: {defined}", GRADFILE_HINT)
 
-    model = _resolve_model(names["model"], path)
+    with gradfile_folder_on_path(path.parent):
+        model = _resolve_model(names["model"], path)
+    loaded = None
     if options.checkpoint is not None:
-        _load_checkpoint(model, Path(options.checkpoint))
+        loaded = load_checkpoint(model, Path(options.checkpoint))
+    _check_not_meta(model, path)
     model.to(device)
     model.train(not options.eval_mode)
 
@@ -125,11 +136,13 @@ def load_problem(path: Path, options: LoadOptions | None = None) -> Problem:
             f"`losses` in {path} should be a function; found {type(losses).__name__}",
             GRADFILE_HINT,
         )
-    batches = _resolve_batches(names["batches"], path) if "batches" in names else None
+    with gradfile_folder_on_path(path.parent):
+        batches = _resolve_batches(names["batches"], path) if "batches" in names else None
     _check_arity(losses, 2 if batches is not None else 1, path)
 
     if "parameters" in names:
-        selected = _call_parameters(names["parameters"], model, path)
+        with gradfile_folder_on_path(path.parent):
+            selected = _call_parameters(names["parameters"], model, path)
         if not selected:
             raise GradfileError(
                 f"parameters(model) in {path} selected no parameter",
@@ -143,7 +156,7 @@ def load_problem(path: Path, options: LoadOptions | None = None) -> Problem:
             f"no parameter to analyse in {path}: the model has no parameter that requires grad",
             hint="check `parameters(model)` or un-freeze the parameters to analyse",
         )
-    selected = select_parameters(selected, options.params)
+    selected = select_parameters(selected, options.params, aliases=parameter_aliases(model))
     return Problem(
         model=model,
         losses=losses,
@@ -151,25 +164,85 @@ def load_problem(path: Path, options: LoadOptions | None = None) -> Problem:
         batches=batches,
         max_batches=options.max_batches,
         device=device,
-        source=path,
+        source=resolved,
+        notes=[] if loaded is None else loaded.notes(),
+        checkpoint=None if loaded is None else loaded.to_meta(),
     )
 
 
 def select_parameters(
-    named: Sequence[tuple[str, nn.Parameter]], patterns: Sequence[str]
+    named: Sequence[tuple[str, nn.Parameter]],
+    patterns: Sequence[str],
+    *,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> list[tuple[str, nn.Parameter]]:
-    """Return the parameters whose dotted name matches any glob in `patterns` (all if none)."""
+    """Return the parameters whose dotted name matches any glob in `patterns` (all if none).
+
+    `aliases` gives the other names of a tied parameter (name -> names): a glob matching any of
+    them keeps it, under its first name. A selection matching nothing is a `UsageError` whose
+    hint suggests the closest names and module paths.
+    """
     if not patterns:
         return list(named)
-    kept = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    aliases = aliases or {}
+
+    def names_of(name: str) -> list[str]:
+        return [name, *aliases.get(name, ())]
+
+    kept = [
+        (n, p)
+        for n, p in named
+        if any(fnmatch.fnmatchcase(a, pat) for a in names_of(n) for pat in patterns)
+    ]
     if not kept:
+        every = [a for n, _ in named for a in names_of(n)]
         shown = ", ".join(n for n, _ in named[:6]) + (", ..." if len(named) > 6 else "")
+        close = closest_patterns(patterns, every)
+        suggestion = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
         raise UsageError(
             f"{opt('params', ' '.join(patterns))} matched none of the {len(named)} parameters",
-            hint=f"parameter names are dotted, e.g. {shown}; patterns are globs like 'trunk.*'",
+            hint=f"{suggestion}parameter names are dotted, e.g. {shown}; patterns are globs "
+            "like 'trunk.*'",
             option="params",
         )
     return kept
+
+
+def closest_patterns(patterns: Sequence[str], names: Sequence[str], limit: int = 4) -> list[str]:
+    """Return globs close to `patterns` that match some of `names`.
+
+    First the pattern widened where it matches inside names (globs are anchored: 'weight'
+    matches no 'fc.weight', '*.weight' does); then, by `difflib.get_close_matches`, the closest
+    parameter names and module paths (every dotted prefix of a name, suggested as 'path.*').
+    """
+    modules = list(
+        dict.fromkeys(n.rsplit(".", i)[0] for n in names for i in range(1, n.count(".") + 1))
+    )
+    out: list[str] = []
+    for pattern in patterns:
+        for wider in (f"*.{pattern}", f"{pattern}.*", f"*.{pattern}.*", f"*{pattern}*"):
+            if any(fnmatch.fnmatchcase(n, wider) for n in names):
+                out.append(wider)
+                break
+        core = pattern.strip("*?.")
+        for found in difflib.get_close_matches(core, [*modules, *names], n=3, cutoff=0.6):
+            out.append(f"{found}.*" if found in modules else found)
+    return list(dict.fromkeys(out))[:limit]
+
+
+def _check_not_meta(model: nn.Module, path: Path) -> None:
+    """Raise when `model` still has tensors on the meta device: they have a shape, no values."""
+    meta = meta_tensor_names(model)
+    if meta:
+        raise GradfileError(
+            f"the model in {path} is on the meta device: {len(meta)} of its tensors have no "
+            f"values ({listed(meta)})",
+            hint="build it on cpu (not under torch.device('meta') or init_empty_weights), or "
+            f"give real weights with {opt('checkpoint')} (a meta model takes the checkpoint's "
+            "tensors); in the gradfile, model.to_empty(device='cpu') then load_state_dict also "
+            "works",
+            reason="meta_model",
+        )
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -303,57 +376,3 @@ def _call_parameters(fn: Any, model: nn.Module, path: Path) -> list[tuple[str, n
     except (Exception, SystemExit) as exc:
         raise UserCodeError.raised("iterating parameters(model)", exc, path) from exc
     return named_parameters(items, model, what="parameters(model)", error=GradfileError)
-
-
-def _load_checkpoint(model: nn.Module, path: Path) -> None:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (Exception, SystemExit) as exc:
-        first_line = _ANSI.sub("", str(exc)).strip().splitlines()[0][:300]
-        raise GradfileError(
-            f"cannot load checkpoint {path}: {type(exc).__name__}: {first_line}",
-            hint=f"{opt('checkpoint')} takes a state dict saved with "
-            "torch.save(model.state_dict(), PATH)",
-            option="checkpoint",
-        ) from None
-    if isinstance(state, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
-            inner = state.get(key)
-            if isinstance(inner, Mapping):
-                state = inner
-                break
-    if not isinstance(state, Mapping):
-        raise GradfileError(
-            f"checkpoint {path} holds a {type(state).__name__}, not a state dict",
-            hint="save it with torch.save(model.state_dict(), PATH)",
-        )
-    state = _strip_common_prefix(state, model)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = _ANSI.sub("", str(exc)).splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        if len(detail) > 300:
-            detail = detail[:300] + " ..."
-        raise GradfileError(
-            f"checkpoint {path} does not fit the model: {detail}",
-            hint="the state dict's keys and shapes must match model.state_dict()",
-        ) from None
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _strip_common_prefix(state: Mapping[str, Any], model: nn.Module) -> Mapping[str, Any]:
-    """Return `state` with a common key prefix ('model.', 'module.') removed where that makes its
-    keys exactly the model's (Lightning and DataParallel checkpoints), else `state` unchanged."""
-    expected = set(model.state_dict())
-    keys = list(state)
-    if not keys or set(keys) == expected:
-        return state
-    for prefix in ("model.", "module.", "net.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in keys):
-            stripped = {k[len(prefix) :]: v for k, v in state.items()}
-            if set(stripped) == expected:
-                return stripped
-    return state

@@ -1,39 +1,50 @@
-"""The `affinity` command's tables: the lookahead affinity grid and each method's step."""
+"""The `affinity` command's tables: the lookahead affinity grid and each method's step.
+
+Layouts follow the console's width: a cell's first-order estimate goes under the measured value,
+and the loss columns are split into blocks, where one line per cell does not fit.
+"""
 
 from __future__ import annotations
 
-from rich import box
-from rich.console import Console, Group
-from rich.table import Table
+from collections.abc import Sequence
+
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from gradtool.render.common import (
     EMPTY,
+    Column,
+    blocks_of,
     fmt,
     header,
+    inert,
+    notes,
+    pack,
     percent,
     print_verdict,
     problem_parts,
+    show,
     yes_no,
 )
 from gradtool.results.affinity import AffinityReport
 
+WEIGHTS_WIDTH = 13  # the weights of a method step wrap at this width (two per line, as a rule)
+
 
 def render_affinity(report: AffinityReport, console: Console, *, verbose: bool = False) -> None:
     """Print the affinity report: header, the m x m affinity grid, the method steps, verdict."""
-    console.print(_affinity_header(report, verbose))
-    console.print(_affinity_grid(report))
+    show(console, _affinity_header(report, console, verbose), _affinity_grid(report, console))
     if report.methods_step:
-        console.print(_method_steps_table(report))
+        show(console, _method_steps_table(report, console))
     print_verdict(console, report.verdict)
 
 
-def _affinity_header(report: AffinityReport, verbose: bool) -> Text:
+def _affinity_header(report: AffinityReport, console: Console, verbose: bool) -> Text:
     meta = report.meta
     where = "evaluated on the next batch (holdout)" if report.holdout else "same batch"
     parts = problem_parts(len(report.losses), report.parameters, report.num_batches)
     parts += [f"lr {report.lr:g}", where, f"device {meta.get('device', 'cpu')}"]
-    text = header(report.command, str(meta.get("gradfile", "")), parts)
+    text = header(console, report.command, str(meta.get("gradfile", "")), parts)
     if verbose:
         text.append(f"\nseed {meta.get('seed')}", style="dim")
     return text
@@ -67,31 +78,43 @@ def _affinity_cell(
     return Text(label, style=style) + Text(f"{sep}({percent(z1)})", style="dim")
 
 
-def _affinity_grid(report: AffinityReport) -> Group:
+def _affinity_grid(report: AffinityReport, console: Console) -> Group:
     names = report.losses
-    table = Table(
-        title=Text("Lookahead affinity Z[i->j], % of L_j"),
-        box=box.SIMPLE,
-        title_justify="left",
-        padding=(0, 1),
-    )
-    table.add_column("step on", style="bold")
-    for j, name in enumerate(names):
-        table.add_column(f"[{j}] {name}", justify="right")
-    for i, name in enumerate(names):
-        cells = [
-            _affinity_cell(
-                report.affinity[i][j],
-                report.affinity_first_order[i][j],
-                report.loss_change[i][j],
-                report.loss_change_first_order[i][j],
-            )
-            for j in range(len(names))
+    m = len(names)
+    labels = [Text(f"[{i}] {inert(name)}", style="bold") for i, name in enumerate(names)]
+
+    def grid(sep: str) -> list[RenderableType]:
+        groups = [
+            [
+                Column(
+                    f"[{j}] {inert(name)}",
+                    [
+                        _affinity_cell(
+                            report.affinity[i][j],
+                            report.affinity_first_order[i][j],
+                            report.loss_change[i][j],
+                            report.loss_change_first_order[i][j],
+                            sep,
+                        )
+                        for i in range(m)
+                    ],
+                )
+            ]
+            for j, name in enumerate(names)
         ]
-        table.add_row(f"[{i}] {name}", *cells)
-    values = Text("L(theta): ", style="dim")
-    values.append("  ".join(f"{name} {fmt(report.loss_values[name])}" for name in names))
+        return blocks_of(
+            console,
+            "Lookahead affinity Z[i->j], % of L_j",
+            [Column("step on", labels, justify="left")],
+            groups,
+        )
+
+    tables = grid(" ")
+    if len(tables) > 1:  # the first-order estimates go under the measured values first
+        tables = grid("\n")
+    values = [f"{inert(name)} {fmt(report.loss_values[name])}" for name in names]
     lines = [
+        "L(theta): " + "; ".join(values),
         "Z[i->j] = 1 - L_j(theta - lr g_i) / L_j(theta); in parentheses its first order "
         "lr G_ij / L_j",
         "row i: one SGD step on loss i alone; column j: its effect on loss j "
@@ -99,40 +122,50 @@ def _affinity_grid(report: AffinityReport) -> Group:
     ]
     if any(v is None for row in report.affinity for v in row):
         lines.append("abs: L_j <= 0, so the absolute decrease L_j(theta) - L_j(theta - lr g_i)")
-    note = Text("\n".join(lines), style="dim")
-    return Group(table, values, note, Text(""))
+    return Group(*tables, notes(console, *lines))
 
 
-def _method_steps_table(report: AffinityReport) -> Group:
+def _method_steps_table(report: AffinityReport, console: Console) -> Group:
     names = report.losses
-    table = Table(
-        title="One step along each method's direction d, % of L_j",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
-    table.add_column("method", style="bold", no_wrap=True)
-    table.add_column("weights", justify="right")
-    for j, name in enumerate(names):
-        table.add_column(f"[{j}] {name}", justify="right")
-    table.add_column("lowers all", justify="left", no_wrap=True)
-    for step in report.methods_step:
-        weights = " ".join(fmt(step.weights[name], 3) for name in names)
-        row: list[str | Text] = [step.method, weights]
-        row += [
-            _affinity_cell(
-                step.affinity[name],
-                step.affinity_first_order[name],
-                step.loss_change[name],
-                step.loss_change_first_order[name],
-                sep="\n",
+    steps = report.methods_step
+    keys = [
+        Column("method", [Text(step.method, style="bold") for step in steps], justify="left"),
+        Column("weights", [_weights(step.weights, names) for step in steps]),
+    ]
+    groups = [
+        [
+            Column(
+                f"[{j}] {inert(name)}",
+                [
+                    _affinity_cell(
+                        step.affinity[name],
+                        step.affinity_first_order[name],
+                        step.loss_change[name],
+                        step.loss_change_first_order[name],
+                        sep="\n",
+                    )
+                    for step in steps
+                ],
             )
-            for name in names
         ]
-        row.append(yes_no(step.lowers_every_loss))
-        table.add_row(*row)
-    note = Text(
-        "1 - L_j(theta - lr d) / L_j(theta), first order lr (G w)_j / L_j in parentheses;\n"
+        for j, name in enumerate(names)
+    ]
+    title = "One step along each method's direction d, % of L_j"
+    lowers = [yes_no(step.lowers_every_loss) for step in steps]
+    # the verdict's header on two lines where that keeps the table in one block
+    for heading in ("lowers all", "lowers\nall"):
+        tables = blocks_of(
+            console, title, keys, [*groups, [Column(heading, lowers, justify="left")]]
+        )
+        if len(tables) == 1:
+            break
+    note = notes(
+        console,
+        "1 - L_j(theta - lr d) / L_j(theta), first order lr (G w)_j / L_j in parentheses",
         "d = sum_k w_k g_k with w from each batch's Gramian (the mean w is shown)",
-        style="dim",
     )
-    return Group(table, note, Text(""))
+    return Group(*tables, note)
+
+
+def _weights(weights: dict[str, float], names: Sequence[str]) -> str:
+    return "\n".join(pack([fmt(weights[name], 3) for name in names], WEIGHTS_WIDTH, sep=" "))

@@ -4,19 +4,28 @@ The figures only draw what `gradtool.analysis` computed (a `TimelineReport`, a `
 made with `matplotlib.figure.Figure` directly, never pyplot, so no global backend or figure state is
 touched (safe inside a notebook or a training script) and no display is needed. Every figure
 names its losses on the curves or axes themselves, so it reads without a legend hunt.
+
+Many losses keep a figure readable: at most MAX_PAIRS pairs (the most conflicting), MAX_CURVES
+named norm curves, MAX_BANDS weight bands, and no figure above MAX_WIDTH x MAX_HEIGHT inches.
+matplotlib's own warnings are silenced while a figure is drawn; a figure that cannot be written
+is a `UsageError` naming its path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import math
-from collections.abc import Sequence
+import statistics
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradtool.errors import MissingDependencyError
+from gradtool.errors import MissingDependencyError, UsageError
 from gradtool.results.report import Report
-from gradtool.results.timeline import TimelineReport
+from gradtool.results.timeline import PairTimeline, TimelineReport
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -26,7 +35,25 @@ DPI = 100
 TIMELINE_FIGURES = ("cosine_pairs.png", "grad_norms.png", "mgda_weights.png", "layer_conflict.png")
 SNAPSHOT_SUFFIXES = (".png", ".svg", ".pdf")
 CONFLICT_CMAP = "RdBu"  # red for negative cosines (conflict), blue for agreement
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#393b79",
+)
+OTHER_COLOR = "0.62"  # the grey of grouped losses
+# Bounds that keep a figure of many losses readable and of a sensible size:
+MAX_PAIRS = 10  # pairs drawn: with more, the MAX_PAIRS most conflicting (lowest cosine)
+MAX_CURVES = 10  # losses named in the norms figure: with more, the largest; the rest grey
+MAX_BANDS = 8  # MGDA bands: with more losses, the MAX_BANDS - 1 heaviest and one "other" band
+MAX_WIDTH = 16.0  # inches, any figure
+MAX_HEIGHT = 12.0  # inches, any figure
 
 
 def require_matplotlib() -> None:
@@ -41,64 +68,141 @@ def require_matplotlib() -> None:
 
 
 def plot_timeline(report: TimelineReport, out_dir: str | Path) -> list[Path]:
-    """Return the paths of the PNG figures written to `out_dir` (created if needed):
-
-    cosine_pairs.png (cos of each pair over steps), grad_norms.png (|g_i| over steps, log
-    scale), mgda_weights.png (stacked MGDA weights) and layer_conflict.png (layer x step heat
-    map of the lowest pairwise cosine). A figure with nothing to show (one loss: no pair; no
-    layer shared by two losses) is not written.
-    """
+    """Return the paths of the PNG figures written to `out_dir` (created if needed), those of
+    `timeline_figures`. A folder or file that cannot be written is a `UsageError` naming it
+    (reason "plot_failed"); figures written before it stay."""
     require_matplotlib()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot_write(out, exc) from None
     written: list[Path] = []
+    for name, fig in timeline_figures(report):
+        path = out / name
+        _save(fig, path)
+        written.append(path)
+    return written
+
+
+def timeline_figures(report: TimelineReport) -> Iterator[tuple[str, Figure]]:
+    """Yield (file name, figure) for each timeline figure with something to show, in the order
+    of TIMELINE_FIGURES:
+
+    cosine_pairs.png (cos of each pair over steps; with more than MAX_PAIRS pairs, the
+    MAX_PAIRS whose lowest cosine is lowest), grad_norms.png (|g_i| over steps, log scale; with
+    more than MAX_CURVES losses, the MAX_CURVES of largest norm are named, the rest drawn grey as
+    one group), mgda_weights.png (stacked MGDA weights; with more than MAX_BANDS losses, the
+    lightest are stacked as one "other" band) and layer_conflict.png (layer x step heat map of
+    the lowest pairwise cosine). A figure with nothing to show (one loss: no pair; no layer
+    shared by two losses) is left out. No figure exceeds MAX_WIDTH x MAX_HEIGHT inches, and
+    matplotlib's warnings (a glyph missing from the font, a tight layout) are silenced.
+    """
+    require_matplotlib()
     for name, draw in (
         ("cosine_pairs.png", _cosine_figure),
         ("grad_norms.png", _norms_figure),
         ("mgda_weights.png", _mgda_figure),
         ("layer_conflict.png", _layer_figure),
     ):
-        fig = draw(report)
-        if fig is None:
-            continue
-        path = out / name
-        fig.savefig(path, dpi=DPI)
-        written.append(path)
-    return written
+        with _quiet():
+            fig = draw(report)
+        if fig is not None:
+            yield name, fig
 
 
 def plot_snapshot(report: Report, path: str | Path) -> Path:
-    """Return `path` after writing one snapshot's figure there: the pairwise cosine matrix and
-    the per-layer cosine (layers x pairs), both as annotated heat maps (red: conflict)."""
+    """Return `path` after writing `snapshot_figure(report)` there; a path that cannot be
+    written (or of a type matplotlib cannot write) is a `UsageError` naming it."""
     require_matplotlib()
+    path = Path(path)
+    _save(snapshot_figure(report), path)
+    return path
+
+
+def snapshot_figure(report: Report) -> Figure:
+    """Return one snapshot's figure: the pairwise cosine matrix and the per-layer cosine (layers x
+    pairs), both as annotated heat maps (red: conflict). With more than MAX_PAIRS pairs, the
+    per-layer map shows the MAX_PAIRS of lowest whole-model cosine. The figure stays within
+    MAX_WIDTH x MAX_HEIGHT inches: labels shrink with the cells, and cells too small to hold
+    their value are left unlabelled."""
+    require_matplotlib()
+    with _quiet():
+        return _snapshot_figure(report)
+
+
+def _snapshot_figure(report: Report) -> Figure:
     from matplotlib.figure import Figure
 
-    path = Path(path)
     names = report.losses
     m = len(names)
-    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    all_pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    ranked = sorted(all_pairs, key=lambda ij: _rank_low(report.cosine[ij[0]][ij[1]]))
+    pairs = sorted(ranked[:MAX_PAIRS])
     layers = [x for x in report.layers if any(x.cosine[i][j] is not None for i, j in pairs)]
     has_layers = bool(pairs and layers)
-    width = 4.0 + 0.6 * m + (2.5 + 1.1 * len(pairs) if has_layers else 0.0)
-    height = max(3.8, 1.8 + 0.45 * max(m, len(layers)))
+    k = max(len(pairs), 1)
+    width = min(MAX_WIDTH, 4.0 + 0.6 * m + (2.5 + 1.1 * k if has_layers else 0.0))
+    height = min(MAX_HEIGHT, max(3.8, 1.8 + 0.45 * max(m, len(layers))))
     fig = Figure(figsize=(width, height), layout="constrained")
-    ratios = [m, max(len(pairs), 1) * 1.4] if has_layers else [1]
+    ratios = [m, k * 1.4] if has_layers else [1]
     axes = fig.subplots(1, len(ratios), width_ratios=ratios, squeeze=False)[0]
+    # The inches each cell gets: the figure less its labels and colour bar, shared by ratio.
+    area_w, area_h = max(width - 3.5, 1.0), max(height - 1.8, 1.0)
+    share = m / sum(ratios) if has_layers else 1.0
     matrix = [[_nan(report.cosine[i][j]) for j in range(m)] for i in range(m)]
-    image = _heatmap(axes[0], matrix, names, names)
+    image = _heatmap(axes[0], matrix, names, names, (area_w * share / m, area_h / m))
     axes[0].set_title("Gradient cosine, whole model")
     if has_layers:
         cells = [[_nan(x.cosine[i][j]) for i, j in pairs] for x in layers]
         labels = [f"{names[i]} ~\n{names[j]}" for i, j in pairs]
-        _heatmap(axes[1], cells, [x.name for x in layers], labels)
-        axes[1].set_title("Gradient cosine per layer")
+        cell = (area_w * (1.0 - share) / k, area_h / len(layers))
+        _heatmap(axes[1], cells, [x.name for x in layers], labels, cell)
+        title = "Gradient cosine per layer"
+        if len(pairs) < len(all_pairs):
+            title += f"\n(the {len(pairs)} most conflicting of {len(all_pairs)} pairs)"
+        axes[1].set_title(title)
         axes[1].set_xlabel("pair of losses")
         axes[1].set_ylabel("module")
     fig.colorbar(image, ax=list(axes), label="cosine (red: the gradients conflict)", shrink=0.8)
     source = report.meta.get("gradfile")
     fig.suptitle(f"gradtool {report.command}" + (f": {source}" if source else ""), fontsize=11)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write `fig` to `path` (its type from the suffix); raise a `UsageError` naming `path`
+    where that fails (a folder that vanished, no permission, a full disk, an unknown type)."""
+    try:
+        with _quiet():
+            fig.savefig(path, dpi=DPI)
+    except (OSError, ValueError) as exc:
+        raise _cannot_write(path, exc) from None
+
+
+def _cannot_write(path: Path, exc: OSError | ValueError) -> UsageError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return UsageError(
+        f"cannot write the figure {path}: {reason}",
+        hint="give a .png, .svg or .pdf path in a folder you can write to",
+        reason="plot_failed",
+    )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence matplotlib while the block runs: its warnings (a glyph missing from the font, a
+    layout that cannot fit) and its logger (font look-ups), so stderr carries gradtool's lines
+    only. Every figure is still drawn; only the noise goes."""
+    logger = logging.getLogger("matplotlib")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 # -- timeline figures ---------------------------------------------------------------------------
@@ -116,16 +220,22 @@ def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
+def most_conflicting(pairs: Sequence[PairTimeline], k: int = MAX_PAIRS) -> list[PairTimeline]:
+    """Return the `k` pairs whose lowest cosine over the run is lowest (undefined ones last),
+    most conflicting first: the pairs the cosine figure draws when there are more than `k`."""
+    return sorted(pairs, key=lambda p: _rank_low(p.cos_min))[:k]
+
+
 def _cosine_figure(report: TimelineReport) -> Figure | None:
     if not report.pairs:
         return None
+    pairs = most_conflicting(report.pairs) if len(report.pairs) > MAX_PAIRS else report.pairs
+    title = "Gradient cosine between losses over training"
+    if len(pairs) < len(report.pairs):
+        title += f"\n(the {len(pairs)} most conflicting of {len(report.pairs)} pairs)"
     steps = report.series.steps
-    fig, ax = _figure(
-        "Gradient cosine between losses over training",
-        "training step",
-        "cosine of the two gradients",
-    )
-    values = [v for p in report.pairs for v in report.series.cosine[p.key] if v is not None]
+    fig, ax = _figure(title, "training step", "cosine of the two gradients")
+    values = [v for p in pairs for v in report.series.cosine[p.key] if v is not None]
     low = min([*values, -0.1])
     high = max([*values, 0.1])
     pad = 0.08 * (high - low)
@@ -134,62 +244,87 @@ def _cosine_figure(report: TimelineReport) -> Figure | None:
     ax.axhline(0.0, color="0.3", lw=0.8)
     ax.text(0.01, 0.02, "conflict (cos < 0)", transform=ax.transAxes, color="#a01818", va="bottom")
     ends = []
-    for k, p in enumerate(report.pairs):
+    for k, p in enumerate(pairs):
         ys = [_nan(v) for v in report.series.cosine[p.key]]
         color = PALETTE[k % len(PALETTE)]
-        ax.plot(steps, ys, color=color, lw=1.8, marker="o", ms=2.5)
+        ax.plot(steps, ys, color=color, lw=1.8, marker="o", ms=2.5, label=p.key)
         ends.append((_last(ys), f"{p.a} ~ {p.b}", color))
     ax.set_ylim(low, high)
-    _label_ends(ax, steps, ends, span=high - low)
+    _label_ends(ax, steps, ends, low=low, high=high)
     return fig
 
 
 def _norms_figure(report: TimelineReport) -> Figure:
     steps = report.series.steps
-    fig, ax = _figure(
-        "Gradient norm of each loss over training",
-        "training step",
-        "gradient norm |∇ loss| (log scale)",
-    )
-    ends = []
-    for k, name in enumerate(report.losses):
-        ys = [v if v is not None and v > 0 else math.nan for v in report.series.norms[name]]
-        color = PALETTE[k % len(PALETTE)]
-        ax.plot(steps, ys, color=color, lw=1.8, marker="o", ms=2.5)
+    norms = {
+        name: [v if v is not None and v > 0 else math.nan for v in report.series.norms[name]]
+        for name in report.losses
+    }
+    named = list(report.losses)
+    title = "Gradient norm of each loss over training"
+    if len(named) > MAX_CURVES:
+        largest = sorted(named, key=lambda n: -_finite_max(norms[n]))[:MAX_CURVES]
+        named = [n for n in report.losses if n in largest]
+        title += f"\n(the {MAX_CURVES} largest named; {len(report.losses) - MAX_CURVES} in grey)"
+    fig, ax = _figure(title, "training step", "gradient norm |∇ loss| (log scale)")
+    ends: list[tuple[float, str, str]] = []
+    grey_ends: list[float] = []
+    for name in report.losses:
+        ys = norms[name]
         last = _last(ys)
-        ends.append((math.log10(last) if last > 0 else math.nan, name, color))
+        end = math.log10(last) if last > 0 else math.nan
+        if name in named:
+            color = PALETTE[named.index(name) % len(PALETTE)]
+            ax.plot(steps, ys, color=color, lw=1.8, marker="o", ms=2.5, label=name)
+            ends.append((end, name, color))
+        else:
+            ax.plot(steps, ys, color=OTHER_COLOR, lw=0.9, alpha=0.8, label=name)
+            grey_ends.append(end)
+    finite = [e for e in grey_ends if math.isfinite(e)]
+    if finite:
+        ends.append((statistics.median(finite), f"{len(grey_ends)} others", OTHER_COLOR))
     ax.set_yscale("log")
     low, high = (math.log10(v) for v in ax.get_ylim())
-    _label_ends(ax, steps, ends, span=high - low, log=True)
+    _label_ends(ax, steps, ends, low=low, high=high, log=True)
     return fig
 
 
 def _mgda_figure(report: TimelineReport) -> Figure | None:
-    names = report.losses
     weights = report.series.mgda_weights
-    if len(names) < 2 or not any(v is not None for w in weights.values() for v in w):
+    if len(report.losses) < 2 or not any(v is not None for w in weights.values() for v in w):
         return None
     steps = report.series.steps
-    fig, ax = _figure(
-        "MGDA min-norm weights over training (stacked)",
-        "training step",
-        "weight of each loss (they sum to 1)",
-    )
-    rows = [[v if v is not None else 0.0 for v in weights[name]] for name in names]
+    full = {name: [v if v is not None else 0.0 for v in weights[name]] for name in report.losses}
+    names = list(report.losses)
+    rest: list[str] = []
+    title = "MGDA min-norm weights over training (stacked)"
+    if len(names) > MAX_BANDS:
+        heaviest = sorted(names, key=lambda n: -sum(full[n]))[: MAX_BANDS - 1]
+        rest = [n for n in names if n not in heaviest]
+        names = [n for n in names if n in heaviest]
+        title += f"\n(the {len(names)} heaviest; {len(rest)} more as one grey band)"
+    rows = [full[name] for name in names]
     colors = [PALETTE[k % len(PALETTE)] for k in range(len(names))]
-    ax.stackplot(steps, rows, colors=colors, alpha=0.85, edgecolor="white", lw=0.5)
+    if rest:
+        rows.append([sum(col) for col in zip(*(full[n] for n in rest), strict=True)])
+        names.append(f"{len(rest)} others")
+        colors.append(OTHER_COLOR)
+    fig, ax = _figure(title, "training step", "weight of each loss (they sum to 1)")
+    ax.stackplot(steps, rows, colors=colors, alpha=0.85, edgecolor="white", lw=0.5, labels=names)
     ax.set_ylim(0.0, 1.0)
     ax.set_xlim(steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1)
     base = [0.0] * len(steps)
+    last = len(steps) - 1
     unlabelled = []
     for name, row, color in zip(names, rows, colors, strict=True):
-        thick = max(range(len(steps)), key=lambda t: row[t])
+        # its thickest step, the most central among (nearly) equal ones, so the name fits
+        thick = max(range(len(steps)), key=lambda t: (round(row[t], 3), -abs(2 * t - last)))
         if row[thick] >= 0.06:
             ax.text(
                 steps[thick] if len(steps) > 1 else steps[0] + 0.5,
                 base[thick] + row[thick] / 2,
                 name,
-                ha="center",
+                ha="left" if thick == 0 < last else "right" if thick == last > 0 else "center",
                 va="center",
                 color="white",
                 fontweight="bold",
@@ -227,7 +362,8 @@ def _layer_figure(report: TimelineReport) -> Figure | None:
     data = np.array([[_nan(v) for v in values] for _, values in rows], dtype=float)
     limit = float(np.nanmax(np.abs(data))) if np.isfinite(data).any() else 1.0
     limit = min(1.0, max(0.1, math.ceil(limit * 10) / 10))
-    fig = Figure(figsize=(8.5, 1.6 + 0.42 * len(rows)), layout="constrained")
+    height = min(MAX_HEIGHT, 1.6 + 0.42 * len(rows))
+    fig = Figure(figsize=(8.5, height), layout="constrained")
     ax = fig.subplots()
     cmap = colormaps[CONFLICT_CMAP].with_extremes(bad="0.85")
     mesh = ax.pcolormesh(
@@ -239,7 +375,8 @@ def _layer_figure(report: TimelineReport) -> Figure | None:
         vmax=limit,
         shading="flat",
     )
-    ax.set_yticks(np.arange(len(rows)) + 0.5, [name for name, _ in rows])
+    font = _label_font((height - 1.6) / len(rows))
+    ax.set_yticks(np.arange(len(rows)) + 0.5, [name for name, _ in rows], fontsize=font)
     ax.invert_yaxis()
     ax.set_title("Where the gradients conflict: lowest pairwise cosine per layer and step")
     ax.set_xlabel("training step")
@@ -252,21 +389,44 @@ def _layer_figure(report: TimelineReport) -> Figure | None:
 
 
 def _heatmap(
-    ax: Axes, cells: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequence[str]
+    ax: Axes,
+    cells: Sequence[Sequence[float]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    cell: tuple[float, float],
 ) -> Any:
+    """Draw `cells` as a cosine heat map; `cell` is (width, height) of one cell in inches, which
+    sets the tick labels' size and whether each cell can hold its value ("+0.00", 5 characters
+    of about 0.6 em)."""
     import numpy as np
     from matplotlib import colormaps
 
     data = np.array(cells, dtype=float)
     cmap = colormaps[CONFLICT_CMAP].with_extremes(bad="0.85")
     image = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=-1.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=0 if len(cols) <= 3 else 30, ha="center")
-    ax.set_yticks(range(len(rows)), rows)
+    cell_w, cell_h = cell
+    ax.set_xticks(
+        range(len(cols)),
+        cols,
+        rotation=0 if len(cols) <= 3 else 30,
+        ha="center",
+        fontsize=_label_font(cell_w if len(cols) <= 3 else cell_w * 2),
+    )
+    ax.set_yticks(range(len(rows)), rows, fontsize=_label_font(cell_h))
+    value_font = min(9.0, cell_w * 72 / 3.2, cell_h * 72 * 0.6)
+    if value_font < 5.0:
+        return image  # too small to read: the colour says it
     for (r, c), v in np.ndenumerate(data):
         label = "--" if not math.isfinite(v) else f"{v:+.2f}"
         color = "white" if math.isfinite(v) and abs(v) > 0.6 else "black"
-        ax.text(c, r, label, ha="center", va="center", color=color, fontsize=9)
+        ax.text(c, r, label, ha="center", va="center", color=color, fontsize=value_font)
     return image
+
+
+def _label_font(inches: float) -> float:
+    """Return the font size (points) of a label with `inches` of room across its line: about
+    70% of the room, between 4 and 10 points."""
+    return max(4.0, min(10.0, 0.7 * 72 * inches))
 
 
 def _label_ends(
@@ -274,18 +434,22 @@ def _label_ends(
     steps: Sequence[int],
     ends: list[tuple[float, str, str]],
     *,
-    span: float,
+    low: float,
+    high: float,
     log: bool = False,
 ) -> None:
     """Write each curve's name just right of the plot, level with its last value, pushed apart
-    so none overlap (`span`: the y range, in log10 units if `log`)."""
+    so none overlap and none leave the y range [low, high] (in log10 units if `log`); the gap
+    and the font shrink when many names share the range."""
     x0, x1 = steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1
     ax.set_xlim(x0, x1)
-    gap = 0.06 * span
-    placed: list[float] = []
-    for y, label, color in sorted((e for e in ends if math.isfinite(e[0])), key=lambda e: e[0]):
-        y_text = max(y, placed[-1] + gap) if placed else y
-        placed.append(y_text)
+    placed = sorted((e for e in ends if math.isfinite(e[0])), key=lambda e: e[0])
+    if not placed:
+        return
+    gap = min(0.06, 1.0 / len(placed)) * (high - low)
+    ys = _spread([y for y, _, _ in placed], gap, low, high)
+    font = 10.0 if len(placed) <= 8 else max(6.0, 10.0 * 8 / len(placed))
+    for y_text, (_, label, color) in zip(ys, placed, strict=True):
         ax.annotate(
             label,
             xy=(1.0, 10**y_text if log else y_text),
@@ -295,8 +459,32 @@ def _label_ends(
             color=color,
             va="center",
             fontweight="bold",
+            fontsize=font,
             annotation_clip=False,
         )
+
+
+def _spread(targets: Sequence[float], gap: float, low: float, high: float) -> list[float]:
+    """Return positions for labels wanted at `targets` (ascending): neighbours at least `gap`
+    apart, each run of labels that would overlap centred on its targets (least squares: the
+    run starts at mean(t_k - k gap)), and kept within [low, high] where the run fits."""
+
+    def fit(start: float, count: int) -> float:
+        return max(low, min(start, high - (count - 1) * gap))
+
+    runs: list[tuple[float, int, float]] = []  # (start, count, sum of t_k - k * gap)
+    for t in targets:
+        start, count, shifted = fit(t, 1), 1, t
+        while runs:
+            prev_start, prev_count, prev_shifted = runs[-1]
+            if prev_start + prev_count * gap <= start + 1e-9 * gap:
+                break
+            runs.pop()
+            shifted = prev_shifted + shifted - count * prev_count * gap
+            count += prev_count
+            start = fit(shifted / count, count)
+        runs.append((start, count, shifted))
+    return [start + k * gap for start, count, _ in runs for k in range(count)]
 
 
 def _edges(steps: Sequence[int]) -> list[float]:
@@ -305,6 +493,15 @@ def _edges(steps: Sequence[int]) -> list[float]:
         return [steps[0] - 0.5, steps[0] + 0.5]
     mids = [(a + b) / 2 for a, b in itertools.pairwise(steps)]
     return [steps[0] - (mids[0] - steps[0]), *mids, steps[-1] + (steps[-1] - mids[-1])]
+
+
+def _rank_low(v: float | None) -> tuple[bool, float]:
+    """Sort key putting the lowest cosine first and undefined ones last."""
+    return (v is None, 0.0 if v is None else float(v))
+
+
+def _finite_max(ys: Sequence[float]) -> float:
+    return max((y for y in ys if math.isfinite(y)), default=-math.inf)
 
 
 def _last(ys: Sequence[float]) -> float:

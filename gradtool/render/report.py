@@ -1,32 +1,46 @@
 """Renders a `Report` as rich tables. It formats; it never computes a statistic.
 
-Conflicts (cos < 0) are red, agreement green; the pairwise matrix is a compact heat grid. Colour
-follows rich's detection (NO_COLOR, non-TTY); conflicts are also marked in text for plain output.
+A cosine is red and marked '!' only where the analysis flagged a conflict (`Report.conflict` and
+the like), and never when it prints as 0.00. Colour follows rich's detection (NO_COLOR, non-TTY);
+the '!' shows conflicts in plain output too. Every layout is chosen from the console's width:
+index headers with a legend, tables split into blocks of columns, so that no cell is cut.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich import box
-from rich.console import Console, Group
-from rich.table import Table
+from rich.cells import cell_len
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
 from gradtool.render.common import (
     EMPTY,
+    Column,
+    blocks_of,
     cos_text,
+    fits,
     fmt,
     header,
+    inert,
+    legend,
+    name_text,
+    notes,
+    pack,
     print_verdict,
     problem_parts,
+    selection_parts,
+    show,
+    table_of,
+    titled,
     yes_no,
 )
-from gradtool.results.report import LayerStats, Report
+from gradtool.results.report import LayerStats, MethodResult, Report
 
-MAX_PAIR_COLUMNS = 6
 MAX_UNUSED_LISTED = 8
 MAX_LOSSES_ACROSS = 4  # beyond this many losses, per-loss columns become rows
+MAX_NAMED_HEADERS = 4  # up to this many losses, the cosine grid's headers carry the names
+MAX_LABEL_SHARE = 3  # row labels may take up to 1/3 of the width before they become indices
 
 
 def render_report(report: Report, console: Console, *, verbose: bool = False) -> None:
@@ -35,30 +49,30 @@ def render_report(report: Report, console: Console, *, verbose: bool = False) ->
     A Pareto report shows the losses, the cosine grid and the Pareto table only (the JSON
     document still holds everything).
     """
-    console.print(_header(report, verbose))
-    console.print(_losses_table(report))
+    show(console, _header(report, console, verbose), _losses_table(report))
     full = report.pareto is None  # `pareto` shows its own table; layers and unused are inspect's
     if len(report.losses) >= 2:
-        console.print(_cosine_grid(report))
+        show(console, _cosine_grid(report, console))
         if full:
-            console.print(_pairs_table(report))
+            show(console, *_pairs_tables(report, console))
     if full:
-        console.print(_layers_table(report))
+        show(console, _layers_tables(report, console))
         unused = _unused_table(report)
         if unused is not None:
-            console.print(unused)
+            show(console, unused)
     if report.pareto is not None:
-        console.print(_pareto_table(report))
+        show(console, _pareto_table(report, console))
     if methods_shown(report):
-        console.print(methods_table(report))
+        show(console, methods_table(report, console))
     print_verdict(console, report.verdict)
 
 
-def _header(report: Report, verbose: bool) -> Text:
+def _header(report: Report, console: Console, verbose: bool) -> Text:
     meta = report.meta
     parts = problem_parts(len(report.losses), report.parameters, report.num_batches)
     parts.append(f"device {meta.get('device', 'cpu')}")
-    text = header(report.command, str(meta.get("gradfile", "")), parts)
+    parts += selection_parts(meta)
+    text = header(console, report.command, str(meta.get("gradfile", "")), parts)
     if verbose:
         text.append(f"\nstrategy {meta.get('strategy')}", style="dim")
         if meta.get("fallback_reason"):
@@ -66,211 +80,276 @@ def _header(report: Report, verbose: bool) -> Text:
     return text
 
 
-def _losses_table(report: Report) -> Table:
-    table = Table(title="Losses", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("loss", style="bold")
-    table.add_column("value", justify="right")
-    table.add_column("|g|", justify="right")
-    table.add_column("max |g_k|", justify="right")
-    table.add_column("unused params", justify="right")
-    count = report.parameters["count"]
-    for name in report.losses:
-        g = report.gradients[name]
-        unused = len(report.unused[name])
-        table.add_row(
-            name,
-            fmt(report.loss_values[name]),
-            fmt(g.norm),
-            fmt(g.max_abs),
-            f"{unused}/{count}" if unused else EMPTY,
-        )
-    return table
-
-
-def _cosine_grid(report: Report) -> Table:
+def _losses_table(report: Report) -> RenderableType:
     names = report.losses
-    table = Table(
-        title="Gradient cosine (red: conflict)",
-        box=box.SIMPLE,
-        title_justify="left",
-        padding=(0, 1),
+    count = report.parameters["count"]
+    grads = [report.gradients[name] for name in names]
+    unused = [len(report.unused[name]) for name in names]
+    table = table_of(
+        [
+            Column("loss", [name_text(n) for n in names], justify="left", style="bold"),
+            Column("value", [fmt(report.loss_values[n]) for n in names]),
+            Column("|g|", [fmt(g.norm) for g in grads]),
+            Column("max |g_k|", [fmt(g.max_abs) for g in grads]),
+            Column("unused params", [f"{u}/{count}" if u else EMPTY for u in unused]),
+        ]
     )
-    table.add_column("", style="bold")
-    for j, name in enumerate(names):
-        table.add_column(f"[{j}] {name}" if len(names) <= 4 else f"[{j}]", justify="right")
-    for i, name in enumerate(names):
-        cells = [cos_text(report.cosine[i][j], mark=i != j) for j in range(len(names))]
-        table.add_row(f"[{i}] {name}", *cells)
-    return table
+    return titled("Losses", table)
 
 
-def _pairs_table(report: Report) -> Table:
+def _threshold_note(report: Report) -> str:
+    return f"! and red: a conflict, cos < -{report.conflict_threshold:g}"
+
+
+def _cosine_grid(report: Report, console: Console) -> RenderableType:
+    """Return the m x m cosine grid: names in the headers for a few losses where that fits, else
+    index headers (the row labels give the names, or a legend where they would take more than a
+    third of the width), split into blocks of columns where the grid does not fit."""
+    names = report.losses
+    m = len(names)
+    title = "Gradient cosine"
+    note = notes(console, _threshold_note(report))
+    indexed = [f"[{k}]" for k in range(m)]
+    named = [f"[{k}] {inert(name)}" for k, name in enumerate(names)]
+
+    def labels(texts: Sequence[str]) -> Column:
+        return Column("", [Text(x, style="bold") for x in texts], justify="left")
+
+    def column(j: int, headers: Sequence[str]) -> Column:
+        cells = [cos_text(report.cosine[i][j], report.conflict[i][j]) for i in range(m)]
+        return Column(headers[j], cells)
+
+    if m <= MAX_NAMED_HEADERS:
+        table = table_of([labels(named), *(column(j, named) for j in range(m))])
+        if fits(console, table):
+            return Group(titled(title, table), note)
+    long_labels = max(cell_len(x) for x in named) > console.width // MAX_LABEL_SHARE
+    blocks = blocks_of(
+        console,
+        title,
+        [labels(indexed if long_labels else named)],
+        [[column(j, indexed)] for j in range(m)],
+    )
+    extra = [legend(names, console.width)] if long_labels else []
+    return Group(*blocks, *extra, note)
+
+
+def _pairs_tables(report: Report, console: Console) -> list[RenderableType]:
+    """Return the pairs table: cosine, angle, dot, magnitude similarity and, with several
+    batches, the per-batch cosine (mean ± standard error, std, batches below -tau of those
+    where the cosine is defined); split into blocks of columns if it does not fit."""
     names = report.losses
     m = len(names)
     stats = report.batch_stats
-    table = Table(title="Pairs", box=box.SIMPLE_HEAD, title_justify="left")
-    for col in ("pair", "cos", "angle", "dot", "magnitude sim."):
-        table.add_column(col, justify="left" if col == "pair" else "right")
+    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    label = Column(
+        "pair",
+        [Text(f"{inert(names[i])} ~ {inert(names[j])}") for i, j in pairs],
+        justify="left",
+    )
+    groups: list[list[Column]] = [
+        [
+            Column("cos", [cos_text(report.cosine[i][j], report.conflict[i][j]) for i, j in pairs]),
+            Column("angle", [_angle(report.angle_deg[i][j]) for i, j in pairs]),
+        ],
+        [
+            Column("dot", [fmt(report.dot[i][j]) for i, j in pairs]),
+            Column("magnitude sim.", [_unit(report.magnitude_similarity[i][j]) for i, j in pairs]),
+        ],
+    ]
+    lines = []
     if stats is not None:
-        table.add_column("cos over batches", justify="right")
-        table.add_column("batches in conflict", justify="right")
-    for i in range(m):
-        for j in range(i + 1, m):
-            c = report.cosine[i][j]
-            angle = report.angle_deg[i][j]
-            row: list[str | Text] = [
-                f"{names[i]} ~ {names[j]}",
-                cos_text(c),
-                EMPTY if angle is None else f"{angle:.1f}°",
-                fmt(report.dot[i][j]),
-                _unit(report.magnitude_similarity[i][j]),
+        tau = report.conflict_threshold
+        groups.append(
+            [
+                Column(
+                    "batch cos ± s.e.",
+                    [
+                        _mean_stderr(
+                            stats.cosine_mean[i][j],
+                            stats.cosine_stderr[i][j],
+                            stats.conflict[i][j],
+                        )
+                        for i, j in pairs
+                    ],
+                ),
+                Column("std", [fmt(stats.cosine_std[i][j], 2) for i, j in pairs]),
             ]
-            if stats is not None:
-                mean, std = stats.cosine_mean[i][j], stats.cosine_std[i][j]
-                frac = stats.conflict_fraction[i][j]
-                row.append(EMPTY if mean is None else f"{mean:+.2f} ± {fmt(std, 2)}")
-                row.append(EMPTY if frac is None else f"{frac:.0%}")
-            table.add_row(*row)
-    return table
+        )
+        groups.append(
+            [
+                Column(
+                    f"cos < -{tau:g}",
+                    [f"{stats.below_threshold[i][j]}/{stats.defined[i][j]}" for i, j in pairs],
+                )
+            ]
+        )
+        lines.append(
+            "batch cos: mean per-batch cosine ± its standard error (std / sqrt(n)); "
+            f"! where mean + s.e. < -{tau:g}; cos < -{tau:g}: batches below, of the n "
+            "where the cosine is defined"
+        )
+    tables = blocks_of(console, "Pairs", [label], groups)
+    return [Group(*tables, notes(console, *lines)) if lines else Group(*tables)]
+
+
+def _angle(x: float | None) -> str:
+    return EMPTY if x is None else f"{x:.1f}°"
 
 
 def _unit(x: float | None) -> str:
     return EMPTY if x is None else f"{x:.3f}"
 
 
-def _pair_columns(names: Sequence[str]) -> list[tuple[int, int]]:
-    m = len(names)
+def _mean_stderr(mean: float | None, stderr: float | None, conflict: bool) -> Text:
+    if mean is None:
+        return Text(EMPTY, style="dim")
+    return cos_text(mean, conflict) + Text(f" ± {fmt(stderr, 2)}")
+
+
+def _pair_columns(m: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(m) for j in range(i + 1, m)]
 
 
-def _layers_table(report: Report) -> Table:
+def _layers_tables(report: Report, console: Console) -> RenderableType:
+    """Return the layer table: module, parameters, each loss's |g| there (up to four losses) and
+    each pair's cosine there (up to six pairs; else the lowest pair), with a total row; split
+    into blocks of columns when it does not fit."""
     names = report.losses
-    pairs = _pair_columns(names)
+    m = len(names)
+    pairs = _pair_columns(m)
+    layers = report.layers
     depth = report.depth
     title = "Layers" + (f" (depth {depth})" if depth is not None else "")
-    norm_columns = len(names) <= MAX_LOSSES_ACROSS
-    if not norm_columns:
-        title += ", norms per loss in --json"
-    elif len(names) > 2:
-        title += ": " + ", ".join(f"[{k}] {name}" for k, name in enumerate(names))
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", show_footer=True)
-    table.add_column("module", footer="total", style="bold", no_wrap=True)
-    table.add_column("params", justify="right", footer=f"{report.parameters['numel']:,}")
-    totals = {name: report.gradients[name].norm for name in names}
-    for k, name in enumerate(names if norm_columns else []):
-        label = f"|g| {name}" if len(names) <= 2 else f"|g| [{k}]"
-        table.add_column(label, justify="right", footer=fmt(totals[name]))
-    few = len(pairs) <= MAX_PAIR_COLUMNS
-    if few:
+    keys = [
+        Column(
+            "module", [name_text(x.name, "bold") for x in layers], footer="total", justify="left"
+        ),
+        Column(
+            "params", [f"{x.numel:,}" for x in layers], footer=f"{report.parameters['numel']:,}"
+        ),
+    ]
+    groups: list[list[Column]] = []
+    lines: list[str] = []
+    if m <= MAX_LOSSES_ACROSS:
+        norms = []
+        for k, name in enumerate(names):
+            heading = f"|g| {inert(name)}" if m <= 2 else f"|g| [{k}]"
+            cells = [fmt(x.norms[name]) if x.reached.get(name, True) else EMPTY for x in layers]
+            norms.append(Column(heading, cells, footer=fmt(report.gradients[name].norm)))
+        groups.append(norms)
+    else:
+        lines.append("norms per loss and layer: see --json")
+    if len(pairs) <= 6:
+        cosines = []
         for i, j in pairs:
-            table.add_column(
-                f"cos {i}~{j}", justify="right", footer=_footer_cos(report.cosine[i][j])
-            )
+            cells = [cos_text(x.cosine[i][j], _flag(x, i, j)) for x in layers]
+            footer = cos_text(report.cosine[i][j], report.conflict[i][j])
+            cosines.append(Column(f"cos {i}~{j}", cells, footer=footer))
+        groups.append(cosines)
     elif pairs:
-        table.add_column("lowest cos (pair)", justify="right")
-    for layer in report.layers:
-        row: list[str | Text] = [layer.name, f"{layer.numel:,}"]
-        row += [
-            fmt(layer.norms[name]) if layer.reached.get(name, True) else EMPTY
-            for name in (names if norm_columns else [])
-        ]
-        if few:
-            row += [cos_text(layer.cosine[i][j]) for i, j in pairs]
-        elif pairs:
-            row.append(_lowest_pair(layer))
-        table.add_row(*row)
-    return table
+        groups.append([Column("lowest cos (pair)", [_lowest_pair(x) for x in layers])])
+    if m > 2:
+        lines.insert(0, "; ".join(f"[{k}] {inert(name)}" for k, name in enumerate(names)))
+    tables = blocks_of(console, title, keys, groups, footer=True)
+    return Group(*tables, notes(console, *lines)) if lines else Group(*tables)
 
 
-def _footer_cos(c: float | None) -> str:
-    return EMPTY if c is None else f"{c:+.2f}"
+def _flag(layer: LayerStats, i: int, j: int) -> bool:
+    return bool(layer.conflict) and layer.conflict[i][j]
 
 
 def _lowest_pair(layer: LayerStats) -> Text:
     if layer.lowest_pair is None:
         return Text(EMPTY, style="dim")
     i, j = layer.lowest_pair
-    return cos_text(layer.cosine[i][j]) + Text(f" ({i}~{j})", style="dim")
+    return cos_text(layer.cosine[i][j], _flag(layer, i, j)) + Text(f" ({i}~{j})", style="dim")
 
 
-def _unused_table(report: Report) -> Table | None:
+def _unused_table(report: Report) -> RenderableType | None:
     rows = [(name, params) for name, params in report.unused.items() if params]
     if not rows:
         return None
-    table = Table(
-        title="Unused parameters (no autograd path from the loss)",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-    )
-    table.add_column("loss", style="bold")
-    table.add_column("count", justify="right")
-    table.add_column("parameters")
-    for name, params in rows:
-        table.add_row(name, str(len(params)), _folded(params, report.layers))
+    labels: list[RenderableType] = [name_text(name, "bold") for name, _ in rows]
+    counts = [str(len(params)) for _, params in rows]
+    listed = [_folded(params, report.layers) for _, params in rows]
     if report.unreached:
-        table.add_row(
-            Text("(every loss)", style="yellow"),
-            str(len(report.unreached)),
-            _folded(report.unreached, report.layers),
-        )
-    return table
+        labels.append(Text("(every loss)", style="yellow"))
+        counts.append(str(len(report.unreached)))
+        listed.append(_folded(report.unreached, report.layers))
+    table = table_of(
+        [
+            Column("loss", labels, justify="left"),
+            Column("count", counts),
+            Column("parameters", listed, justify="left"),
+        ]
+    )
+    return titled("Unused parameters (no autograd path from the loss)", table)
 
 
 def _folded(params: Sequence[str], layers: Sequence[LayerStats]) -> str:
-    """Return the names joined, a whole module shown as 'module.*', at most a few listed."""
+    """Return the names (inert) joined, a whole module shown as 'module.*', at most a few."""
     wanted = set(params)
     labels: list[str] = []
     covered: set[str] = set()
     for layer in layers:
         if len(layer.parameters) > 1 and set(layer.parameters) <= wanted:
-            labels.append(f"{layer.name}.*")
+            labels.append(f"{inert(layer.name)}.*")
             covered.update(layer.parameters)
-    labels += [p for p in params if p not in covered]
+    labels += [inert(p) for p in params if p not in covered]
     shown = ", ".join(labels[:MAX_UNUSED_LISTED])
     if len(labels) > MAX_UNUSED_LISTED:
-        shown += f", … and {len(labels) - MAX_UNUSED_LISTED} more (see --json)"
+        shown += f" and {len(labels) - MAX_UNUSED_LISTED} more (see --json)"
     return shown
 
 
-def _pareto_table(report: Report) -> Group:
+def _pareto_table(report: Report, console: Console) -> Group:
     p = report.pareto
     assert p is not None
+    names = report.losses
     normalized = p.normalize != "none"
     title = f"Pareto: {p.method.upper()} min-norm weights"
+    rates = [p.directional_derivatives[name] for name in names]
+    columns = [
+        Column("loss", [name_text(n, "bold") for n in names], justify="left"),
+        Column("weight", [fmt(p.weights[n]) for n in names]),
+    ]
     if normalized:
-        title += f" (gradients normalised by {p.normalize})"
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("loss", style="bold")
-    table.add_column("weight", justify="right")
+        columns.append(Column("raw weight", [fmt(p.loss_weights[n]) for n in names]))
+    columns += [
+        Column("(G w)_i", [fmt(rate) for rate in rates]),
+        Column("along -d", [_effect(rate) for rate in rates], justify="left"),
+    ]
+    lines = ["(G w)_i = <g_i, d>: the first-order decrease rate of loss i along -d"]
     if normalized:
-        table.add_column("weight on raw loss", justify="right")
-    table.add_column("(G w)_i  decrease rate", justify="right")
-    table.add_column("along d", justify="left")
-    for name in report.losses:
-        rate = p.directional_derivatives[name]
-        effect = (
-            Text("decreases", style="green")
-            if rate > 0
-            else Text("flat", style="yellow")
-            if rate == 0
-            else Text("increases", style="bold red")
+        lines.insert(
+            0,
+            f"weights of the gradients normalised by {p.normalize}, g_i / s_i; "
+            "raw weight: w_i / s_i, on the raw losses",
         )
-        row: list[str | Text] = [name, fmt(p.weights[name])]
-        if normalized:
-            row.append(fmt(p.loss_weights[name]))
-        row += [fmt(rate), effect]
-        table.add_row(*row)
-    summary = Text()
-    summary.append("min-norm |d| = ", style="dim")
-    summary.append(fmt(p.min_norm))
-    summary.append("   KKT residual ", style="dim")
-    # below 1e-12 it is round-off, whose digits vary with the engine's summation order
-    summary.append(f"{p.kkt_residual:.1e}" if p.kkt_residual >= 1e-12 else "< 1e-12")
-    summary.append("   Pareto-stationary ", style="dim")
-    summary.append("yes" if p.stationary else "no", style="bold yellow" if p.stationary else "")
-    summary.append("   unique ", style="dim")
-    summary.append("yes" if p.unique else "no", style="" if p.unique else "bold yellow")
-    return Group(table, summary, Text(""))
+    relative = "|d| / max_i |g_i|" if not normalized else "normalised |d| / max_i |g_i / s_i|"
+    if p.relative_min_norm is None:
+        why = "every gradient is 0"
+    else:
+        compared = "<=" if p.stationary else ">"
+        why = f"{relative} = {fmt(p.relative_min_norm, 3)} {compared} tol {p.tol:g}"
+    parts = [
+        f"min-norm |d| = {fmt(p.min_norm)}",
+        f"Pareto-stationary {'yes' if p.stationary else 'no'} ({why})",
+        f"unique {'yes' if p.unique else 'no'}",
+        # below 1e-12 it is round-off, whose digits vary with the engine's summation order
+        "KKT residual " + (f"{p.kkt_residual:.1e}" if p.kkt_residual >= 1e-12 else "< 1e-12"),
+    ]
+    summary = Text("\n".join(pack(parts, console.width, sep="   ")))
+    return Group(titled(title, table_of(columns)), notes(console, *lines), summary, Text(""))
+
+
+def _effect(rate: float) -> Text:
+    if rate > 0:
+        return Text("decreases", style="green")
+    if rate == 0:
+        return Text("flat", style="yellow")
+    return Text("increases", style="bold red")
 
 
 # --- weighting methods side by side (`pareto --method/--compare`) ---------------------------------
@@ -282,95 +361,122 @@ def methods_shown(report: Report) -> bool:
 
 
 def _rate_text(x: float | None) -> Text:
-    """Return a decrease rate (G w)_i, red when negative (the loss increases)."""
+    """Return a decrease rate (G w)_i, red when negative (the loss increases along -d; rates
+    within round-off of 0 are exactly 0 in the analysis)."""
     if x is None:
         return Text(EMPTY, style="dim")
     return Text(fmt(x, 3), style="bold red" if x < 0 else "")
 
 
-def _legend(names: Sequence[str]) -> Text:
-    return Text("  ".join(f"[{j}] {name}" for j, name in enumerate(names)), style="dim")
+def _method_cos(r: MethodResult, name: str) -> Text:
+    """Return cos(d, g_i), red where d raises loss i to first order ((G w)_i < 0)."""
+    return cos_text(r.cosine[name], r.directional_derivatives[name] < 0)
 
 
-def methods_table(report: Report) -> Group:
+def methods_table(report: Report, console: Console) -> Group:
     """Return the weighting methods side by side: weights, |d|, cos(d, g_i), (G w)_i, verdict."""
     results = report.methods or []
     names = report.losses
     m = len(names)
     normalize = results[0].normalize if results else "none"
     title = "Weighting methods: d = sum_i w_i g_i"
-    if normalize != "none":
-        title += f" (gradients normalised by {normalize}: d uses w_i / s_i)"
     if m > MAX_LOSSES_ACROSS:
-        return _methods_by_loss(report, title)
-    table = Table(
-        title=title,
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
-        padding=(0, 1, 0, 0),
-        pad_edge=False,
-    )
-    table.add_column("method", style="bold", no_wrap=True)
-    for j in range(m):
-        table.add_column(f"w{j}", justify="right")
-    table.add_column("|d|", justify="right")
-    for j in range(m):
-        table.add_column(f"cos{j}", justify="right")
-    for j in range(m):
-        table.add_column(f"Gw{j}", justify="right")
-    table.add_column("lowers\nall", justify="left", no_wrap=True)
-    for r in results:
-        row: list[str | Text] = [r.method]
-        row += [fmt(r.weights[name], 3) for name in names]
-        row.append(fmt(r.norm, 3))
-        row += [cos_text(r.cosine[name]) for name in names]
-        row += [_rate_text(r.directional_derivatives[name]) for name in names]
-        row.append(yes_no(r.decreases_all))
-        table.add_row(*row)
-    notes = [_legend(names)]
-    notes.append(
-        Text(
-            "cos_i = cos(d, g_i) · Gw_i = (G w)_i = <g_i, d>: the first-order decrease rate of "
-            "loss i along -d\nlowers all: every Gw_i >= 0, so a small step along -d raises no loss",
-            style="dim",
-        )
-    )
+        return _methods_by_loss(report, console, title, normalize)
+    keys = [
+        Column("method", [Text(r.method, style="bold") for r in results], justify="left"),
+        Column("lowers\nall", [_lowers_all(r) for r in results], justify="left"),
+        Column("resid.", [_certificate(r) for r in results]),
+    ]
+    groups = [
+        [Column(f"w{j}", [fmt(r.weights[n], 3) for r in results]) for j, n in enumerate(names)]
+        + [Column("|d|", [fmt(r.norm, 3) for r in results])],
+        [Column(f"cos{j}", [_method_cos(r, n) for r in results]) for j, n in enumerate(names)],
+        [
+            Column(f"Gw{j}", [_rate_text(r.directional_derivatives[n]) for r in results])
+            for j, n in enumerate(names)
+        ],
+    ]
+    tables = blocks_of(console, title, keys, groups, compact=True)
+    lines = ["; ".join(f"[{j}] {inert(name)}" for j, name in enumerate(names))]
+    lines += _method_notes(results, normalize)
+    lines += [
+        "cos_i = cos(d, g_i); Gw_i = (G w)_i = <g_i, d>, the first-order decrease rate of loss i "
+        "along -d",
+        "lowers all: every Gw_i >= 0, so a small step along -d raises no loss",
+        _CERTIFICATE_NOTE,
+    ]
+    return Group(*tables, notes(console, *lines))
+
+
+_CERTIFICATE_NOTE = (
+    "resid.: each method's certificate, the relative residual of its defining conditions at w; "
+    "above 1e-8 (red, lowers all '?') the weights are not taken as fact"
+)
+
+
+def _certificate(r: MethodResult) -> Text:
+    """Return the residual, dim when the method certifies, red (and marked) when it does not."""
+    if r.residual is None:
+        return Text(EMPTY, style="dim")
+    label = "<1e-16" if r.residual < 1e-16 else f"{r.residual:.0e}"
+    return Text(label, style="dim") if r.certified else Text(label + "!", style="bold red")
+
+
+def _lowers_all(r: MethodResult) -> Text:
+    """Return yes / no, or '?' where the method did not certify (no conclusion is drawn)."""
+    return yes_no(r.decreases_all) if r.certified else Text("?", style="bold yellow")
+
+
+def _method_notes(results: Sequence[MethodResult], normalize: str) -> list[str]:
+    lines = []
+    if normalize != "none":
+        lines.append(f"gradients normalised by {normalize}; d uses w_i / s_i")
     named = [f"{r.method} = {r.name}" for r in results if "(" in r.name]
     if named:
-        notes.append(Text("; ".join(named), style="dim"))
+        lines.append("; ".join(named))
     with_pref = [r for r in results if r.preference is not None]
     if with_pref:
         pref = ", ".join(f"{v:g}" for v in with_pref[0].preference.values())  # type: ignore[union-attr]
         users = ", ".join(r.method for r in with_pref)
-        notes.append(Text(f"preference ({pref}) for {users}", style="dim"))
-    return Group(table, *notes, Text(""))
+        lines.append(f"preference ({pref}) for {users}")
+    return lines
 
 
-def _methods_by_loss(report: Report, title: str) -> Group:
+def _methods_by_loss(report: Report, console: Console, title: str, normalize: str) -> Group:
     """Return the methods table transposed (a row per loss, a column per method), for many
     losses: the weights w_i, then the decrease rates (G w)_i; cosines stay in the JSON."""
     results = report.methods or []
-    tables = []
-    for label, cell in (
-        ("w_i", lambda r, name: fmt(r.weights[name], 3)),
-        ("(G w)_i", lambda r, name: _rate_text(r.directional_derivatives[name])),
-    ):
-        table = Table(
-            title=f"{title}: {label}" if label == "w_i" else f"decrease rates {label} = <g_i, d>",
-            box=box.SIMPLE_HEAD,
-            title_justify="left",
-            show_footer=label != "w_i",
-        )
-        table.add_column("loss", style="bold", no_wrap=True, footer="lowers all")
-        for r in results:
-            table.add_column(r.method, justify="right", footer=yes_no(r.decreases_all))
-        for name in report.losses:
-            table.add_row(name, *[cell(r, name) for r in results])
-        if label == "w_i":
-            table.add_row(Text("|d|", style="dim"), *[fmt(r.norm, 3) for r in results])
-        tables.append(table)
-    note = Text(
-        "(G w)_i: the first-order decrease rate of loss i along -d; lowers all: every (G w)_i >= 0",
-        style="dim",
+    names = report.losses
+    labels: list[RenderableType] = [name_text(n, "bold") for n in names]
+    weights = blocks_of(
+        console,
+        f"{title}: w_i",
+        [Column("loss", [*labels, Text("|d|", style="dim")], justify="left")],
+        [
+            [Column(r.method, [*(fmt(r.weights[n], 3) for n in names), fmt(r.norm, 3)])]
+            for r in results
+        ],
     )
-    return Group(*tables, note, Text(""))
+    rates = blocks_of(
+        console,
+        "Decrease rates (G w)_i = <g_i, d>",
+        [Column("loss", labels, footer="lowers all", justify="left")],
+        [
+            [
+                Column(
+                    r.method,
+                    [_rate_text(r.directional_derivatives[n]) for n in names],
+                    footer=_lowers_all(r),
+                )
+            ]
+            for r in results
+        ],
+        footer=True,
+    )
+    lines = [
+        *_method_notes(results, normalize),
+        "(G w)_i: the first-order decrease rate of loss i along -d; lowers all: every (G w)_i >= 0",
+        "residuals: " + ", ".join(f"{r.method} {_certificate(r).plain}" for r in results),
+        _CERTIFICATE_NOTE,
+    ]
+    return Group(*weights, *rates, notes(console, *lines))

@@ -1,8 +1,10 @@
 """Renders a `TimelineReport` (`gradtool report RUN.jsonl`) as rich tables, in the look of
-`gradtool.render`. It formats; every number comes from `gradtool.timeline`.
+`gradtool.render`. It formats; every number and every conflict flag comes from
+`gradtool.analysis.timeline`.
 
 Trends are sparklines of the report's downsampled series, scaled to each row's own range (the
-min / max columns give the numbers); a cosine bin below 0 is drawn red and marked in the table.
+min / max columns give the numbers); a cosine bin the analysis flagged as a conflict is red.
+Tables are split into blocks of columns where they do not fit the console's width.
 """
 
 from __future__ import annotations
@@ -10,12 +12,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from rich import box
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
-from gradtool.render.common import EMPTY, cos_style, cos_text, fmt, header, print_verdict
+from gradtool.render.common import (
+    CONFLICT_STYLE,
+    EMPTY,
+    Column,
+    blocks_of,
+    cos_text,
+    fmt,
+    header,
+    inert,
+    name_text,
+    notes,
+    print_verdict,
+    printable,
+    show,
+    trend_style,
+)
 from gradtool.results.timeline import LayerTimeline, TimelineReport
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -23,34 +38,38 @@ BARS = "▁▂▃▄▅▆▇█"
 
 def render_timeline(report: TimelineReport, console: Console) -> None:
     """Print the timeline's tables to `console`: header, pairs, norms, MGDA weights, layers."""
-    console.print(_header(report))
+    show(console, _header(report, console))
     if report.pairs:
-        console.print(_pairs_table(report))
-    console.print(_norms_table(report))
+        show(console, _pairs_table(report, console))
+    show(console, _norms_table(report, console))
     if report.mgda_rows and len(report.losses) >= 2:
-        console.print(_mgda_table(report))
-    layers = _layers_table(report)
+        show(console, _mgda_table(report, console))
+    layers = _layers_table(report, console)
     if layers is not None:
-        console.print(layers)
+        show(console, layers)
     print_verdict(console, report.verdict)
 
 
-def sparkline(values: Sequence[float | None], *, log: bool = False, signed: bool = False) -> Text:
+def sparkline(
+    values: Sequence[float | None],
+    *,
+    log: bool = False,
+    conflict: Sequence[bool] | None = None,
+) -> Text:
     """Return `values` as block characters scaled to their own min..max (log10 scale if `log`);
-    with `signed`, negative values are drawn in the conflict colour."""
+    bins flagged in `conflict` are drawn in the conflict colour."""
     shown = [_scale(v, log) for v in values]
     finite = [v for v in shown if v is not None]
     text = Text()
     if not finite:
         return Text(EMPTY, style="dim")
     low, high = min(finite), max(finite)
-    for raw, v in zip(values, shown, strict=True):
+    for k, v in enumerate(shown):
         if v is None:
             text.append(" ")
             continue
         level = 0 if high == low else round((v - low) / (high - low) * (len(BARS) - 1))
-        style = cos_style(raw) if signed else "cyan"
-        text.append(BARS[level], style=style)
+        text.append(BARS[level], style=trend_style(bool(conflict and conflict[k])))
     return text
 
 
@@ -62,7 +81,7 @@ def _scale(v: float | None, log: bool) -> float | None:
     return v
 
 
-def _header(report: TimelineReport) -> Text:
+def _header(report: TimelineReport, console: Console) -> Text:
     meta = report.meta
     parts = [
         f"{len(report.losses)} losses",
@@ -70,143 +89,187 @@ def _header(report: TimelineReport) -> Text:
         f"steps {report.first_step} to {report.last_step}",
     ]
     if meta.get("every"):
-        parts.append(f"every {meta['every']}")
+        parts.append(f"every {printable(str(meta['every']))}")
     if meta.get("sessions", 0) > 1:
         parts.append(f"{meta['sessions']} sessions (resumed)")
-    text = header("report", report.source, parts)
     extra = meta.get("metadata") or {}
-    if extra:
-        text.append("\n" + " · ".join(f"{k} {v}" for k, v in extra.items()), style="dim")
-    return text
+    parts += [f"{inert(str(k))} {printable(str(v))}" for k, v in extra.items()]
+    return header(console, "report", report.source, parts)
 
 
-def _pairs_table(report: TimelineReport) -> Table:
-    table = Table(
-        title="Gradient cosine over training (conflict: records with cos < 0; first: the first "
-        "such step)",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
+def _pairs_table(report: TimelineReport, console: Console) -> RenderableType:
+    pairs = report.pairs
+    tau = report.conflict_threshold
+    label = Column("pair", [Text(f"{inert(p.a)} ~ {inert(p.b)}") for p in pairs], justify="left")
+    groups = [
+        [
+            Column("start", [cos_text(p.cos_start, p.start_conflict) for p in pairs]),
+            Column("min", [cos_text(p.cos_min, p.min_conflict) for p in pairs]),
+            Column("at", [Text(_step(p.step_min), style="dim") for p in pairs]),
+            Column("max", [cos_text(p.cos_max, p.max_conflict) for p in pairs]),
+            Column("end", [cos_text(p.cos_end, p.end_conflict) for p in pairs]),
+        ],
+        [
+            Column("conflict", [_share(p.conflict_records, p.defined_records) for p in pairs]),
+            Column("first", [_step(p.first_conflict_step) for p in pairs]),
+        ],
+        [
+            Column(
+                "trend",
+                [sparkline(p.trend, conflict=p.trend_conflict) for p in pairs],
+                justify="left",
+            )
+        ],
+    ]
+    tables = blocks_of(console, "Gradient cosine over training", [label], groups)
+    note = notes(
+        console,
+        f"conflict: records with cos < -{tau:g}, of those where the cosine is defined; "
+        "first: the first such step; !: a cosine below the threshold",
     )
-    table.add_column("pair", no_wrap=True)
-    for col in ("start", "min", "at", "max", "end", "conflict", "first"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("trend", justify="left", no_wrap=True)
-    for p in report.pairs:
-        frac = p.conflict_fraction
-        table.add_row(
-            f"{p.a} ~ {p.b}",
-            cos_text(p.cos_start),
-            cos_text(p.cos_min),
-            Text(EMPTY if p.step_min is None else str(p.step_min), style="dim"),
-            cos_text(p.cos_max),
-            cos_text(p.cos_end),
-            EMPTY if frac is None else Text(f"{frac:.0%}", style="bold red" if frac else ""),
-            EMPTY if p.first_conflict_step is None else str(p.first_conflict_step),
-            sparkline(p.trend, signed=True),
-        )
-    return table
+    return Group(*tables, note)
 
 
-def _norms_table(report: TimelineReport) -> Table:
-    table = Table(
-        title="Gradient norms over training (value: loss first -> last; ratio: |g| end / start; "
-        "trend: log)",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
+def _share(count: int, total: int) -> Text | str:
+    """Return 'count/total (percent)', red when some record conflicts (`count` counts the
+    records the analysis flagged)."""
+    if total == 0:
+        return EMPTY
+    return Text(f"{count}/{total} ({count / total:.0%})", style=CONFLICT_STYLE if count else "")
+
+
+def _step(step: int | None) -> str:
+    return EMPTY if step is None else str(step)
+
+
+def _norms_table(report: TimelineReport, console: Console) -> RenderableType:
+    trends = report.loss_trends
+    label = Column("loss", [name_text(t.name, "bold") for t in trends], justify="left")
+    groups = [
+        [
+            Column(
+                "value",
+                [f"{fmt(t.value_start, 3)} -> {fmt(t.value_end, 3)}" for t in trends],
+            )
+        ],
+        [
+            Column("|g| start", [fmt(t.norm_start, 3) for t in trends]),
+            Column("|g| end", [fmt(t.norm_end, 3) for t in trends]),
+        ],
+        [
+            Column("|g| min", [fmt(t.norm_min, 3) for t in trends]),
+            Column("|g| max", [fmt(t.norm_max, 3) for t in trends]),
+            Column(
+                "ratio",
+                [EMPTY if t.norm_ratio is None else f"x{fmt(t.norm_ratio, 3)}" for t in trends],
+            ),
+        ],
+        [Column("trend", [sparkline(t.trend, log=True) for t in trends], justify="left")],
+    ]
+    tables = blocks_of(console, "Gradient norms over training", [label], groups)
+    note = notes(
+        console, "value: the loss, first -> last record; ratio: |g| end / start; trend: log scale"
     )
-    table.add_column("loss", style="bold", no_wrap=True)
-    table.add_column("value", justify="right", no_wrap=True)
-    for col in ("|g| start", "|g| end", "|g| min", "|g| max", "ratio"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("trend", justify="left", no_wrap=True)
-    for t in report.loss_trends:
-        table.add_row(
-            t.name,
-            f"{fmt(t.value_start, 3)} -> {fmt(t.value_end, 3)}",
-            fmt(t.norm_start, 3),
-            fmt(t.norm_end, 3),
-            fmt(t.norm_min, 3),
-            fmt(t.norm_max, 3),
-            EMPTY if t.norm_ratio is None else f"x{fmt(t.norm_ratio, 3)}",
-            sparkline(t.trend, log=True),
-        )
-    return table
+    return Group(*tables, note)
 
 
-def _mgda_table(report: TimelineReport) -> Table:
+def _mgda_table(report: TimelineReport, console: Console) -> RenderableType:
     names = report.losses
-    table = Table(
-        title="MGDA min-norm weights over training", box=box.SIMPLE_HEAD, title_justify="left"
-    )
-    table.add_column("step", justify="right", style="bold")
-    for name in names:
-        table.add_column(f"w {name}", justify="right")
-    table.add_column("min-norm |d|", justify="right")
-    table.add_column("stationary", justify="right")
-    for row in report.mgda_rows:
-        table.add_row(
-            str(row.step),
-            *[_weight(row.weights[name]) for name in names],
-            fmt(row.min_norm),
-            Text("yes", style="bold yellow") if row.stationary else Text("no"),
-        )
+    rows = report.mgda_rows
     by_name = {w.name: w for w in report.mgda}
-    table.add_section()
-    table.add_row(Text("mean", style="dim"), *[_weight(by_name[n].mean) for n in names], "", "")
-    table.add_row(
-        Text("range", style="dim"),
-        *[f"{_weight(by_name[n].min)} to {_weight(by_name[n].max)}" for n in names],
-        "",
-        "",
+    steps = [str(row.step) for row in rows]
+    summary = ["mean", "min", "max"]
+    label = Column(
+        "step", [*steps, *(Text(s, style="dim") for s in summary)], justify="right", style="bold"
     )
-    return table
+    groups = [
+        [
+            Column(
+                f"w {inert(name)}",
+                [
+                    *(_weight(row.weights[name]) for row in rows),
+                    _weight(by_name[name].mean),
+                    _weight(by_name[name].min),
+                    _weight(by_name[name].max),
+                ],
+            )
+        ]
+        for name in names
+    ]
+    groups.append(
+        [
+            Column("min-norm |d|", [fmt(row.min_norm) for row in rows]),
+            Column(
+                "stationary",
+                [Text("yes", style="bold yellow") if r.stationary else Text("no") for r in rows],
+            ),
+        ]
+    )
+    tables = blocks_of(
+        console, "MGDA min-norm weights over training", [label], groups, section_after=len(rows) - 1
+    )
+    return Group(*tables)
 
 
 def _weight(w: float | None) -> str:
     return EMPTY if w is None else f"{w:.3f}"
 
 
-def _worst_pair(layer: LayerTimeline) -> Text | str:
-    if layer.worst_pair is None:
+def _worst_pair(report: TimelineReport, layer: LayerTimeline) -> Text | str:
+    if layer.worst_pair_indices is None:
         return EMPTY
-    text = Text(layer.worst_pair.replace("~", " ~ ") + " ")
-    text += cos_text(layer.worst_pair_mean_cos)
-    text += Text(f" {layer.worst_pair_fraction or 0.0:.0%}", style="dim")
-    return text
+    i, j = layer.worst_pair_indices
+    return Text(f"{inert(report.losses[i])} ~ {inert(report.losses[j])}")
 
 
-def _layers_table(report: TimelineReport) -> Table | None:
-    if not report.layers or len(report.losses) < 2:
+def _layers_table(report: TimelineReport, console: Console) -> RenderableType | None:
+    layers = report.layers
+    if not layers or len(report.losses) < 2:
         return None
-    table = Table(
-        title="Layers: where conflict concentrates (conflict: records where some pair has cos < 0)",
-        box=box.SIMPLE_HEAD,
-        title_justify="left",
+    tau = report.conflict_threshold
+    keys = [
+        Column("module", [name_text(x.name, "bold") for x in layers], justify="left"),
+        Column("params", [f"{x.numel:,}" for x in layers]),
+    ]
+    groups = [
+        [
+            Column("conflict", [_layer_share(x) for x in layers]),
+            Column(
+                "mean low cos",
+                [cos_text(x.mean_lowest_cos, x.mean_lowest_conflict) for x in layers],
+            ),
+            Column("first", [_step(x.first_conflict_step) for x in layers]),
+        ],
+        [
+            Column("worst pair", [_worst_pair(report, x) for x in layers], justify="left"),
+            Column(
+                "mean cos",
+                [
+                    EMPTY
+                    if x.worst_pair_mean_cos is None
+                    else cos_text(x.worst_pair_mean_cos, x.worst_pair_conflict)
+                    for x in layers
+                ],
+            ),
+            Column(
+                "its conflict",
+                [
+                    EMPTY if x.worst_pair_fraction is None else f"{x.worst_pair_fraction:.0%}"
+                    for x in layers
+                ],
+            ),
+        ],
+    ]
+    tables = blocks_of(console, "Layers: where conflict concentrates", keys, groups)
+    note = notes(
+        console,
+        f"conflict: records where some pair has cos < -{tau:g}, of those where it is defined; "
+        "mean low cos: mean of the lowest pairwise cosine; worst pair: the lowest mean cosine",
     )
-    table.add_column("module", style="bold", no_wrap=True)
-    table.add_column("params", justify="right", no_wrap=True)
-    table.add_column("conflict", justify="right", no_wrap=True)
-    table.add_column("mean low cos", justify="right", no_wrap=True)
-    table.add_column("first", justify="right", no_wrap=True)
-    table.add_column("worst pair: mean cos, conflict", justify="left", no_wrap=True)
-    for layer in report.layers:
-        if layer.records == 0:
-            table.add_row(
-                layer.name,
-                f"{layer.numel:,}",
-                Text("1 loss", style="dim"),
-                EMPTY,
-                EMPTY,
-                EMPTY,
-            )
-            continue
-        frac = layer.conflict_fraction or 0.0
-        table.add_row(
-            layer.name,
-            f"{layer.numel:,}",
-            Text(f"{frac:.0%}", style="bold red" if frac else ""),
-            cos_text(layer.mean_lowest_cos),
-            EMPTY if layer.first_conflict_step is None else str(layer.first_conflict_step),
-            _worst_pair(layer),
-        )
-    return table
+    return Group(*tables, note)
+
+
+def _layer_share(layer: LayerTimeline) -> Text | str:
+    if layer.records == 0:
+        return Text("1 loss", style="dim")
+    return _share(layer.conflict_records, layer.records)

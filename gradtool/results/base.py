@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,19 +60,45 @@ class Document:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same folder and a rename: never partial."""
+    """Write `text` to `path` so that no reader ever sees a partial document, and so that
+    nothing but a regular file is ever replaced.
+
+    - A regular file, or a path where nothing exists yet: the text goes to a temp file in the
+      same folder, which is then renamed over `path` (atomic); an existing file keeps its
+      permission bits, a new one gets the usual 0o666 less the umask.
+    - A symbolic link to a regular file (or a dangling one): its target is replaced that way, and
+      the link is kept.
+    - Anything else that exists (a character device such as /dev/null, a FIFO, a terminal): the
+      text is written into it in place, as the shell's `>` does; it is never replaced or
+      unlinked. Opening a FIFO waits for a reader, as `>` does.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        st = os.stat(path)  # follows links: what a write would reach
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        return
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    mode = stat.S_IMODE(st.st_mode) if st is not None else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the report private
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)  # mkstemp's 0600 would make the report private
+        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    """Return the process's umask (reading it means setting it: it is set straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -2,6 +2,10 @@
 
 Nothing here computes gradients or statistics; `gradtool.analysis` fills it in.
 Matrices are nested lists indexed like `losses`; undefined entries are None (JSON null).
+
+Conflicts are decided by the analysis and stored as flags beside the raw numbers: a cosine is a
+conflict when it is below `-conflict_threshold` (see `gradtool.analysis.report`), so the renderer
+marks what the flags say and never compares a number itself.
 """
 
 from __future__ import annotations
@@ -10,6 +14,32 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gradtool.results.base import Document, Matrix
+
+Flags = list[list[bool]]  # m x m, True where the pair conflicts materially
+Counts = list[list[int]]  # m x m
+
+
+def inert(name: str) -> str:
+    """Return a user-provided name (a loss, parameter, module or file name) as text that is safe to
+    print and cannot pass for another name.
+
+    A plain name (non-empty, every character printable, no leading or trailing whitespace, not
+    starting with a quote) is returned as it is; any other is returned as its Python `repr`:
+    quoted, with control and other non-printable characters escaped (`'a\\x1b[31m'`, `'a '`,
+    `''`). So no escape sequence reaches a terminal, and `a` and `a ` read differently: a plain
+    name never starts with a quote, a quoted one always does, and `repr` is one-to-one.
+    """
+    if name and name.isprintable() and name == name.strip() and name[0] not in "'\"":
+        return name
+    return repr(name)
+
+
+def printable(text: str) -> str:
+    """Return `text` with every non-printable character (ESC, CR, LF, TAB, ...) written as its
+    escape (`\\x1b`, `\\r`, ...): a last guard for lines that may hold names, such as verdicts."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass
@@ -33,20 +63,37 @@ class LayerStats:
     parameters: list[str]
     reached: dict[str, bool] = field(default_factory=dict)  # loss -> reaches some parameter here
     lowest_pair: tuple[int, int] | None = None  # (i, j) of the lowest cosine here
+    conflict: Flags = field(default_factory=list)  # cosine[i][j] < -conflict_threshold
 
 
 @dataclass
 class BatchStats:
-    """Per-batch cosine statistics; conflict_fraction[i][j] = share of batches with cos < 0."""
+    """Per-batch cosine statistics over the batches where each cosine is defined.
+
+    `cosine_mean`, `cosine_std` (population) and `cosine_stderr` = std / sqrt(defined);
+    `conflict_fraction[i][j]` = batches with cos < 0 / all batches (the raw share, kept as the
+    JSON contract states it); `defined[i][j]` = batches where the cosine is defined;
+    `below_threshold[i][j]` = batches with cos < -conflict_threshold; `conflict[i][j]`: the pair
+    conflicts over batches, mean + stderr < -conflict_threshold (below it by more than the
+    standard error).
+    """
 
     cosine_mean: Matrix
     cosine_std: Matrix
     conflict_fraction: Matrix
+    cosine_stderr: Matrix = field(default_factory=list)
+    defined: Counts = field(default_factory=list)
+    below_threshold: Counts = field(default_factory=list)
+    conflict: Flags = field(default_factory=list)
 
 
 @dataclass
 class ParetoReport:
-    """The min-norm (MGDA) result: weights, the combined direction's effect, stationarity."""
+    """The min-norm (MGDA) result: weights, the combined direction's effect, stationarity.
+
+    `relative_min_norm` = |sum_i w_i g_i / s_i| / max_i |g_i / s_i| (of the normalised problem;
+    None when every gradient is 0): Pareto-stationary when it is <= `tol`.
+    """
 
     method: str
     normalize: str
@@ -58,6 +105,8 @@ class ParetoReport:
     unique: bool
     kkt_residual: float
     support: list[str]
+    relative_min_norm: float | None
+    tol: float
 
 
 @dataclass
@@ -68,6 +117,11 @@ class MethodResult:
     losses; `norm` = |d| = sqrt(lw^T G lw); `cosine[i]` = (G lw)_i / (|d| |g_i|) (None where
     undefined); `directional_derivatives[i]` = (G lw)_i = <g_i, d>; `decreases_all`: every
     (G lw)_i >= 0 up to round-off, i.e. a small step along -d raises no loss to first order.
+    `residual` is the relative violation of the method's own defining conditions at the weights
+    (its certificate); `certified` when it is at most 1e-8, else the weights and what follows from
+    them ("lowers all", verdicts) are not to be taken as fact. `diagnostics` holds what a method
+    reports about itself (PCGrad: `removed[loss]`, the fraction of that loss's gradient norm its
+    projections removed, and `still_conflicts`, the losses the summed direction still raises).
     """
 
     method: str
@@ -80,6 +134,9 @@ class MethodResult:
     cosine: dict[str, float | None]
     directional_derivatives: dict[str, float]
     decreases_all: bool
+    residual: float | None = None
+    certified: bool = True
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +155,8 @@ class Report(Document):
     cosine: Matrix
     angle_deg: Matrix
     magnitude_similarity: Matrix
+    conflict_threshold: float  # a cosine below -conflict_threshold is a conflict
+    conflict: Flags  # cosine[i][j] < -conflict_threshold
     layers: list[LayerStats]
     depth: int | None = None
     batch_stats: BatchStats | None = None

@@ -1,4 +1,9 @@
-"""The `report` command's document: how the gradients of the losses relate over a training run."""
+"""The `report` command's document: how the gradients of the losses relate over a training run.
+
+A record's cosine is a conflict when it is below `-conflict_threshold`; the analysis stores that
+decision as flags beside the raw cosines, and fractions count the records where the cosine is
+defined.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +26,18 @@ class PairTimeline:
     cos_max: float | None
     cos_end: float | None
     step_min: int | None  # the step where cos_min was recorded
-    conflict_fraction: float | None  # records with cos < 0 / records where cos is defined
+    defined_records: int  # records where the cosine is defined
+    conflict_records: int  # of those, records with cos < -conflict_threshold
+    conflict_fraction: float | None  # conflict_records / defined_records (None if none defined)
     first_conflict_step: int | None
     last_conflict_step: int | None
     trend: Series  # cos, downsampled to at most TREND_POINTS bin means
+    # below -conflict_threshold: cos_start, cos_min, cos_max, cos_end, and each trend bin
+    start_conflict: bool
+    min_conflict: bool
+    max_conflict: bool
+    end_conflict: bool
+    trend_conflict: list[bool]
 
     @property
     def key(self) -> str:
@@ -71,17 +84,22 @@ class MgdaRow:
 
 @dataclass
 class LayerTimeline:
-    """One layer over the records: how often some pair conflicts there (its lowest cos < 0)."""
+    """One layer over the records: how often some pair conflicts there (its lowest cosine is below
+    -conflict_threshold)."""
 
     name: str
     numel: int
     records: int  # records holding this layer with a defined cosine
-    conflict_fraction: float | None  # records with lowest pairwise cos < 0 / records
+    conflict_records: int  # of those, records whose lowest pairwise cos < -conflict_threshold
+    conflict_fraction: float | None  # conflict_records / records (None if no record)
     mean_lowest_cos: float | None
+    mean_lowest_conflict: bool  # mean_lowest_cos < -conflict_threshold
     first_conflict_step: int | None
     worst_pair: str | None  # the pair with the lowest mean cosine here, 'a~b' (if it conflicts)
+    worst_pair_indices: tuple[int, int] | None  # its (i, j) in `losses`
     worst_pair_mean_cos: float | None
-    worst_pair_fraction: float | None  # its records with cos < 0 / records
+    worst_pair_conflict: bool  # worst_pair_mean_cos < -conflict_threshold
+    worst_pair_fraction: float | None  # its records with cos < -conflict_threshold / its records
 
 
 @dataclass
@@ -107,6 +125,7 @@ class TimelineReport(Document):
     num_records: int
     first_step: int
     last_step: int
+    conflict_threshold: float  # a cosine below -conflict_threshold is a conflict
     pairs: list[PairTimeline]
     loss_trends: list[LossTimeline]
     mgda: list[WeightTimeline]

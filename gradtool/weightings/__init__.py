@@ -7,7 +7,6 @@ exactly with a certificate (the residual of the method's defining conditions).
 from gradtool.errors import MissingDependencyError, WeightingError
 from gradtool.weightings.registry import (
     DEFAULT_METHOD,
-    INSTALL_SOLVERS,
     WEIGHTINGS,
     WeightingMethod,
     canonical_name,
@@ -19,7 +18,6 @@ from gradtool.weightings.registry import (
 
 __all__ = [
     "DEFAULT_METHOD",
-    "INSTALL_SOLVERS",
     "WEIGHTINGS",
     "MissingDependencyError",
     "WeightingError",

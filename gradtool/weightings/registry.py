@@ -50,8 +50,6 @@ if TYPE_CHECKING:
 
     from gradtool.linalg.solvers import Solved
 
-# Kept while callers still word a skipped method's install hint; no method needs an extra now.
-INSTALL_SOLVERS = "pip install gradtool"
 PCGRAD_SEED = 0
 CAGRAD_C = 0.5
 FAIRGRAD_ALPHA = 2.0
@@ -83,11 +81,6 @@ class WeightingMethod:
     scale_exponent: float = 0.0
     non_conflicting: bool = False
     needs_full_rank: bool = False
-
-    @property
-    def available(self) -> bool:
-        """Return True: every method is solved by gradtool itself (kept for callers that ask)."""
-        return True
 
     def solve(
         self, gramian: Tensor | np.ndarray, preference: Sequence[float] | None = None

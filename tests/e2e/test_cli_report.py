@@ -36,7 +36,10 @@ def test_report_prints_the_tables_over_time(runner: CliRunner, run_log: Path) ->
     assert "a ~ b" in out
     assert "-0.80!" in out  # the minimum cosine, marked as a conflict without colour
     assert "50%" in out  # two of four records in conflict
-    assert "» a and b conflict in 50% of 4 records from step 10" in out
+    assert (
+        "» a and b conflict in 50% of the 4 records where the cosine is defined, from step 10"
+        in out
+    )
     assert result.stderr == ""
 
 

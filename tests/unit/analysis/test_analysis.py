@@ -164,7 +164,16 @@ def test_json_has_the_contract_keys_and_nulls_for_undefined() -> None:
         "directional_derivatives",
         "stationary",
     }
-    assert set(doc["batch_stats"]) == {"cosine_mean", "cosine_std", "conflict_fraction"}
+    # the contract's three keys, beside the added standard errors, counts and conflict flags
+    assert set(doc["batch_stats"]) == {
+        "cosine_mean",
+        "cosine_std",
+        "conflict_fraction",
+        "cosine_stderr",
+        "defined",
+        "below_threshold",
+        "conflict",
+    }
     assert doc["pareto"]["stationary"] is True  # the zero gradient alone is a stationary point
     assert doc["unused"]["zero"] == PARAMS
     assert doc["unreached"] == []

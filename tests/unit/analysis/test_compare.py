@@ -4,18 +4,15 @@ tests/e2e/test_compare_cli.py; direction statistics alone: tests/unit/linalg/tes
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
 from gradtool.analysis import ParetoOptions, build_report
-from gradtool.analysis.compare import compare_methods
+from gradtool.analysis.compare import compare_methods, methods_verdict
 from gradtool.engine import EngineResult
 from gradtool.errors import UsageError
 from gradtool.linalg.direction import direction_stats, numerical_rank
-from gradtool.weightings import WEIGHTINGS, MissingDependencyError
-from gradtool.weightings import registry as weightings
+from gradtool.weightings import WEIGHTINGS
 
 NAMES = ["a", "b", "c"]
 J = torch.tensor(
@@ -33,9 +30,6 @@ def brute_force(j: torch.Tensor, w: torch.Tensor) -> tuple[float, list[float], l
 
 @pytest.mark.parametrize("name", list(WEIGHTINGS))
 def test_direction_statistics_match_explicit_vectors(name: str) -> None:
-    method = WEIGHTINGS[name]
-    if not method.available:
-        pytest.skip(f"{name} needs {method.missing()}")
     results, _ = compare_methods(G, [1.0, 1.0, 1.0], NAMES, methods=(name,))
     (result,) = results
     w = torch.tensor(list(result.loss_weights.values()), dtype=torch.float64)
@@ -48,7 +42,7 @@ def test_direction_statistics_match_explicit_vectors(name: str) -> None:
         cos = result.cosine[n]
         assert cos is not None and cos == pytest.approx(cosines[i], abs=1e-9)
     assert result.decreases_all == all(r >= -1e-9 for r in derivs)
-    assert result.method == name and result.name == method.display
+    assert result.method == name and result.name == WEIGHTINGS[name].display
 
 
 def test_decreases_all_is_scale_free() -> None:
@@ -81,29 +75,35 @@ def test_mgda_row_matches_the_pareto_section() -> None:
 def test_compare_lists_every_available_method_after_the_requested_ones() -> None:
     results, warnings = compare_methods(G, [1.0] * 3, NAMES, methods=("upgrad",), compare=True)
     names = [r.method for r in results]
-    expected = [n for n, m in WEIGHTINGS.items() if m.available and n != "upgrad"]
+    expected = [n for n in WEIGHTINGS if n != "upgrad"]
     assert names == ["upgrad", *expected]
-    assert not warnings or "skipped" in warnings[0]
+    assert not warnings
 
 
-def test_compare_skips_methods_whose_solvers_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        weightings.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name in ("cvxpy", "quadprog") else real(name, *a),
-    )
+def test_compare_runs_every_method_with_its_certificate() -> None:
     results, warnings = compare_methods(G, [1.0] * 3, NAMES, compare=True)
-    names = [r.method for r in results]
-    assert "upgrad" not in names and "cagrad" not in names and "mgda" in names
-    assert any("pip install 'gradtool[solvers]'" in w and "upgrad" in w for w in warnings)
-    with pytest.raises(MissingDependencyError):
-        compare_methods(G, [1.0] * 3, NAMES, methods=("upgrad",))
+    assert [r.method for r in results] == list(WEIGHTINGS)
+    assert not warnings
+    for r in results:
+        assert r.certified and r.residual is not None and r.residual <= 1e-8, r.method
+    pc = next(r for r in results if r.method == "pcgrad")
+    assert set(pc.diagnostics["removed"]) == set(NAMES)
+    assert all(0.0 <= v <= 1.0 for v in pc.diagnostics["removed"].values())
+
+
+def test_a_method_that_does_not_certify_is_marked_and_draws_no_conclusion() -> None:
+    # g_c = 0: Nash-MTL's G w = 1/w has no solution
+    g = torch.tensor([[2.0, -1.0, 0.0], [-1.0, 3.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    results, warnings = compare_methods(g, [1.0] * 3, NAMES, methods=("mgda", "nash_mtl"))
+    nash = results[1]
+    assert not nash.certified and nash.residual is not None and nash.residual > 1e-8
+    assert any("nash_mtl does not certify" in w for w in warnings)
+    verdict = methods_verdict(results, NAMES)
+    assert any("nash_mtl did not certify" in line for line in verdict)
+    assert not any("nash_mtl raises" in line or "lower every loss" in line for line in verdict)
 
 
 def test_preference_is_checked_and_passed_on() -> None:
-    if not WEIGHTINGS["dualproj"].available:
-        pytest.skip("dualproj needs quadprog")
     (plain,), _ = compare_methods(G, [1.0] * 3, NAMES, methods=("dualproj",))
     (weighted,), _ = compare_methods(
         G, [1.0] * 3, NAMES, methods=("dualproj",), preference=(1, 1, 5)
@@ -123,8 +123,6 @@ def test_preference_is_checked_and_passed_on() -> None:
 def test_full_rank_methods_warn_on_dependent_gradients() -> None:
     j = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     assert numerical_rank(j @ j.T) == 2 and numerical_rank(G) == 3
-    if not WEIGHTINGS["fairgrad"].available:
-        pytest.skip("fairgrad needs scipy")
     _, warnings = compare_methods(j @ j.T, [1.0] * 3, NAMES, methods=("mgda", "fairgrad"))
     assert any("rank 2 < 3" in w for w in warnings)
 
@@ -162,6 +160,9 @@ def test_report_keeps_pareto_as_mgda_and_lists_methods() -> None:
         "cosine",
         "directional_derivatives",
         "decreases_all",
+        "residual",
+        "certified",
+        "diagnostics",
     }
     assert all(set(m) == fields for m in body["methods"])
     assert body["methods"][1]["weights"] == pytest.approx(body["pareto"]["weights"])

@@ -214,8 +214,57 @@ def test_losses_raising_is_a_user_code_error_with_the_users_frames(write_gradfil
     problem = load_problem(path)
     with pytest.raises(UserCodeError, match=r"losses\(model\) raised RuntimeError") as info:
         problem.evaluate(None)
-    assert f'File "{path}", line {line_of(path, "# here")}, in helper' in info.value.traceback
-    assert "gradtool/" not in info.value.traceback
+    trace = info.value.traceback
+    frame = f'File "{path}", line {line_of(path, "# here")}, in helper'
+    assert frame in trace
+    assert "gradtool/" not in trace
+    # raised inside torch (F.linear): the user's frames down to their last, then the exception
+    assert "torch/" not in trace
+    frames = [line for line in trace.splitlines() if line.lstrip().startswith("File ")]
+    assert frames[-1].strip() == frame
+    assert trace.rstrip().splitlines()[-1].startswith("RuntimeError: ")
+
+
+def test_a_user_traceback_keeps_sibling_modules_and_drops_torch_internals(
+    tmp_path: Path, write_gradfile
+) -> None:
+    models = f"models_{tmp_path.name.replace('-', '_')}"
+    sibling = write_gradfile(
+        "import torch\n"
+        "from torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.inner = nn.Sequential(nn.Linear(3, 3), Block())\n"
+        "    def forward(self, x):\n"
+        "        return self.inner(x)  # outer\n"
+        "class Block(nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        raise ValueError('bad block')  # inner\n",
+        f"{models}.py",
+    )
+    path = write_gradfile(
+        HEADER
+        + f"from {models} import Net\n"
+        + "model = Net\n"
+        + "def losses(model):\n"
+        + "    y = model(torch.ones(2, 3))  # call\n"
+        + "    return {'a': y.mean()}\n"
+    )
+    try:
+        problem = load_problem(path)
+        with pytest.raises(UserCodeError, match="ValueError: bad block") as info:
+            problem.evaluate(None)
+    finally:
+        sys.modules.pop(models, None)
+    trace = info.value.traceback
+    frames = [line.strip() for line in trace.splitlines() if line.lstrip().startswith("File ")]
+    assert frames == [
+        f'File "{path}", line {line_of(path, "# call")}, in losses',
+        f'File "{sibling}", line {line_of(sibling, "# outer")}, in forward',
+        f'File "{sibling}", line {line_of(sibling, "# inner")}, in forward',
+    ]
+    assert "_call_impl" not in trace and "torch/nn/modules" not in trace
 
 
 # --- batches -----------------------------------------------------------------------------------

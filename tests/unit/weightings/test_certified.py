@@ -294,3 +294,14 @@ def test_nash_mtl_is_far_more_exact_than_torchjds_iteration() -> None:
     their_residual = float(np.max(np.abs(theirs * (g @ theirs) - 1.0)))
     assert ours.residual <= 1e-12
     assert their_residual > 100 * ours.residual
+
+
+def test_method_names_ignore_case_dashes_and_underscores() -> None:
+    from gradtool.weightings import check_methods, parse_methods
+
+    assert parse_methods("imtlg,IMTL-G,imtl_g,NashMTL,aligned-mtl") == (
+        "imtl_g",
+        "nash_mtl",
+        "aligned_mtl",
+    )
+    assert check_methods(["Imtl-G", "MEAN", "dual_proj"]) == ("imtl_g", "mean", "dualproj")
