@@ -80,7 +80,7 @@ def unit_scale(g: np.ndarray) -> float:
 
 
 def nonnegative_qp(
-    a: np.ndarray, c: np.ndarray, start: np.ndarray | None = None
+    a: np.ndarray, c: np.ndarray, start: np.ndarray | None = None, *, newton: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (x, free) with x = argmin_{x >= 0} 1/2 x^T A x + c^T x, for a PSD A with c in
     range(A), exactly; `free` marks the indices with x_i > 0.
@@ -89,12 +89,13 @@ def nonnegative_qp(
     the free set F, the equality-constrained minimiser on F (A_FF z = -c_F) is taken when it is
     positive, else the step from x is cut where a weight reaches 0 and that index leaves F.
     `start` (a guess of F, e.g. a neighbouring problem's) is taken as the first free set: the
-    same cutting steps, from x = 0, make it consistent.
+    same cutting steps, from x = 0, make it consistent. With `newton` (A nonsingular), the
+    primal-dual active-set method is tried first: it usually settles in a few steps.
     """
     n = c.shape[0]
     scale = max(float(np.max(np.abs(np.diag(a)), initial=0.0)), float(np.max(np.abs(c))), 1e-300)
     tol = 64 * EPS * scale
-    guess = _primal_dual_active_set(a, c, start)
+    guess = _primal_dual_active_set(a, c, start) if newton else None
     if guess is not None:
         return guess
     free = np.zeros(n, dtype=bool) if start is None else start.copy()
@@ -109,7 +110,7 @@ def nonnegative_qp(
         for _ in range(n + 2):
             idx = np.where(free)[0]
             z = np.zeros(n)
-            z[idx] = _solve_psd(a[np.ix_(idx, idx)], -c[idx])
+            z[idx] = _solve_psd(a[idx][:, idx], -c[idx])
             if (z[idx] > 0).all():
                 x = z
                 break
@@ -147,7 +148,7 @@ def _primal_dual_active_set(
         seen.add(key)
         x = np.zeros(n)
         idx = np.where(free)[0]
-        x[idx] = _solve_psd(a[np.ix_(idx, idx)], -c[idx])
+        x[idx] = _solve_psd(a[idx][:, idx], -c[idx])
         lam = a @ x + c
         if (x[idx] >= 0).all() and (lam[~free] >= -tol).all():
             return np.maximum(x, 0.0), free & (x > 0)
@@ -156,12 +157,11 @@ def _primal_dual_active_set(
 
 
 def _solve_psd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Return a solution of A z = b for a PSD A (Cholesky; least-norm where A is singular)."""
+    """Return a solution of A z = b for a PSD A (LU where A is nonsingular, else least-norm)."""
     if a.shape[0] == 0:
         return np.zeros(0)
     try:
-        factor = np.linalg.cholesky(a)
-        z = np.linalg.solve(factor.T, np.linalg.solve(factor, b))
+        z = np.linalg.solve(a, b)
         if np.isfinite(z).all() and np.abs(a @ z - b).max() <= 1e-10 * max(np.abs(b).max(), 1e-300):
             return z
     except np.linalg.LinAlgError:
@@ -170,7 +170,7 @@ def _solve_psd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def project_dual_cone(
-    g: np.ndarray, u: np.ndarray, start: np.ndarray | None = None
+    g: np.ndarray, u: np.ndarray, start: np.ndarray | None = None, *, full_rank: bool = True
 ) -> tuple[np.ndarray, float, np.ndarray]:
     """Return (v, residual): v = argmin_{v >= u} v^T G v and the relative KKT residual.
 
@@ -179,7 +179,7 @@ def project_dual_cone(
     violation relative to max_i G_ii sum_i |v_i| (which bounds |lam_i|) and to max_i |u_i|.
     Also returned: the indices with v_i > u_i (a warm start for a neighbouring projection).
     """
-    x, free = nonnegative_qp(g, g @ u, start)
+    x, free = nonnegative_qp(g, g @ u, start, newton=full_rank)
     v = u + x
     lam = g @ v
     bound = max(float(np.max(np.diag(g), initial=0.0)) * float(np.abs(v).sum()), 1e-300)
@@ -201,6 +201,7 @@ def upgrad(gramian: np.ndarray, preference: np.ndarray | None = None) -> Solved:
     m = g.shape[0]
     p = np.full(m, 1.0 / m) if preference is None else np.asarray(preference, dtype=np.float64)
     gs = g / unit_scale(g)
+    full_rank = _eigh(gs)[2] == m
     w = np.zeros(m)
     residual = 0.0
     free: np.ndarray | None = None
@@ -210,7 +211,7 @@ def upgrad(gramian: np.ndarray, preference: np.ndarray | None = None) -> Solved:
         start = None if free is None else free.copy()
         if start is not None:
             start[i] = False  # v_i = p_i is the likely bound of the i-th projection
-        v, r, free = project_dual_cone(gs, u, start)
+        v, r, free = project_dual_cone(gs, u, start, full_rank=full_rank)
         w += v
         residual = max(residual, r)
     return Solved(w, residual)
@@ -221,7 +222,8 @@ def dualproj(gramian: np.ndarray, preference: np.ndarray | None = None) -> Solve
     g = as_array(gramian)
     m = g.shape[0]
     p = np.full(m, 1.0 / m) if preference is None else np.asarray(preference, dtype=np.float64)
-    v, residual, _ = project_dual_cone(g / unit_scale(g), p)
+    gs = g / unit_scale(g)
+    v, residual, _ = project_dual_cone(gs, p, full_rank=_eigh(gs)[2] == m)
     return Solved(v, residual)
 
 

@@ -240,9 +240,13 @@ def _cosine_figure(report: TimelineReport) -> Figure | None:
     high = max([*values, 0.1])
     pad = 0.08 * (high - low)
     low, high = max(low - pad, -1.05), min(high + pad, 1.05)
-    ax.axhspan(low, 0.0, color="#d62728", alpha=0.07, lw=0)
+    line = -report.conflict_threshold
+    ax.axhspan(low, line, color="#d62728", alpha=0.07, lw=0)
     ax.axhline(0.0, color="0.3", lw=0.8)
-    ax.text(0.01, 0.02, "conflict (cos < 0)", transform=ax.transAxes, color="#a01818", va="bottom")
+    if line < 0:
+        ax.axhline(line, color="#a01818", lw=0.6, ls="--")
+    label = f"conflict (cos < {line:g})"
+    ax.text(0.01, 0.02, label, transform=ax.transAxes, color="#a01818", va="bottom")
     ends = []
     for k, p in enumerate(pairs):
         ys = [_nan(v) for v in report.series.cosine[p.key]]
