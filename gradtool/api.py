@@ -129,11 +129,15 @@ def run_affinity(
 
 
 def run_report(
-    run: Path | str, *, conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD
+    run: Path | str,
+    *,
+    run_id: str | int | None = None,
+    conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
 ) -> TimelineReport:
-    """Return the TimelineReport of the run log at `run` (a Monitor's JSON lines); a record's
-    cosine below -`conflict_threshold` is a conflict."""
-    return build_timeline(read_run(run), conflict_threshold=conflict_threshold)
+    """Return the TimelineReport of the run log at `run` (a Monitor's JSON lines): of its last
+    run, or of `run_id` (an id, a unique beginning of one, or '#k' for the k-th run, '#-1' the
+    last); a record's cosine below -`conflict_threshold` is a conflict."""
+    return build_timeline(read_run(run, run=run_id), conflict_threshold=conflict_threshold)
 
 
 def analyze(

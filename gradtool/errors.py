@@ -20,23 +20,33 @@ from pathlib import Path
 _OPTION = re.compile(r"\x1fopt:(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:=(?P<value>[^\x1f]*))?\x1f")
 _NO_VALUE = object()
 
-OptionWording = Callable[[str, "str | None"], str]
+OptionValue = str | tuple[str, ...] | None
+OptionWording = Callable[[str, OptionValue], str]
+_LIST = "\x1e"  # marks (and separates) the items of a value that is a sequence
 
 
 def opt(name: str, value: object = _NO_VALUE) -> str:
     """Return a reference to option `name` (optionally with `value`) for an error message.
 
     `name` is the Python keyword (`strategy`, `normalize`, `params`); each caller words it its way.
+    A tuple or list `value` stays a sequence: `methods=('mgda', 'upgrad')` for Python callers,
+    `--method mgda,upgrad` on the command line.
     """
     if value is _NO_VALUE:
         return f"\x1fopt:{name}\x1f"
+    if isinstance(value, (tuple, list)):
+        value = "".join(_LIST + str(v) for v in value)
     return f"\x1fopt:{name}={value}\x1f"
 
 
-def python_option(name: str, value: str | None) -> str:
-    """Word an option reference for Python callers: `strategy='loop'`, or `strategy` alone."""
+def python_option(name: str, value: OptionValue) -> str:
+    """Word an option reference for Python callers: `strategy='loop'`, `preference=(1, 1, 2)`,
+    or `strategy` alone."""
     if value is None:
         return name
+    if isinstance(value, tuple):
+        items = ", ".join(v if _is_number(v) else repr(v) for v in value)
+        return f"{name}=({items}{',' if len(value) == 1 else ''})"
     return f"{name}={value!r}" if not _is_number(value) else f"{name}={value}"
 
 
@@ -50,7 +60,14 @@ def _is_number(text: str) -> bool:
 
 def word(text: str, wording: OptionWording = python_option) -> str:
     """Return `text` with its option references worded by `wording(name, value)`."""
-    return _OPTION.sub(lambda m: wording(m["name"], m["value"]), text)
+
+    def one(match: re.Match[str]) -> str:
+        value: OptionValue = match["value"]
+        if value is not None and value.startswith(_LIST):
+            value = tuple(value[1:].split(_LIST))
+        return wording(match["name"], value)
+
+    return _OPTION.sub(one, text)
 
 
 class GradtoolError(Exception):

@@ -26,6 +26,19 @@ gradient pass and each stepped pass) runs inside `torch.random.fork_rng` reseede
 so the base and the stepped losses see the same dropout masks and the caller's RNG state is
 untouched. Only torch's RNG is reseeded (not Python's `random` or numpy's).
 
+Parameters in low precision (bfloat16, float16): theta - lr g is rounded to the parameters' dtype
+(once, from float32), and where |lr g| is below half the spacing of the parameters' values the
+step is lost, so the measured Z is the effect of another step. The rounding is measured: with
+e_i = round(theta - lr g_i) - theta + lr g_i the error of the step taken, its first-order effect
+on loss j is <e_i, g_j> (exact, from the blocks). An entry (i, j) is not measurable at this lr
+when |<e_i, g_j>| > STEP_RTOL * max(|lr <g_i, g_j>|, STEP_ATOL * lr |g_i| |g_j|): the step
+taken differs from the step asked by more than a quarter of its own first-order effect. Such
+entries (and the same for each method's step) are None, with a warning, and take no part in the
+curvature verdict. (Running the stepped model in float32 instead is no way out: a model whose
+inputs or buffers are bfloat16 refuses float32 weights.) Float32 and float64 parameters are
+stepped in their own dtype, unchecked: their rounding matters only for a step below about 1e-7
+of the parameters' magnitude.
+
 Losses that are not positive: the ratio L_j(theta - lr g) / L_j(theta) means nothing when
 L_j <= 0 (log-likelihoods, rewards), so that column of `affinity` is None (with a warning) when
 L_j <= 0 on any batch; `loss_change` = L_j(theta - lr g_i) - L_j(theta) and its first order
@@ -60,6 +73,10 @@ DEFAULT_METHODS: tuple[str, ...] = ("mgda", "mean")
 # and the entry is not negligible (max(|Z|, |Z1|) > CURVATURE_ATOL).
 CURVATURE_RTOL = 0.5
 CURVATURE_ATOL = 1e-4
+# An entry is not measurable when rounding the step to the parameters' dtype shifts its first-order
+# effect by more than STEP_RTOL of max(|that effect|, STEP_ATOL * Cauchy-Schwarz bound).
+STEP_RTOL = 0.25
+STEP_ATOL = 1e-2
 
 
 @dataclass
@@ -71,6 +88,7 @@ class _Batch:
     values: torch.Tensor  # (m,) float64: L_j(theta) on this batch
     blocks: list[torch.Tensor | None]  # per selected parameter: (m, numel) or None
     weights: dict[str, torch.Tensor]  # per method: (m,) float64, from this batch's Gramian
+    gramian: torch.Tensor  # (m, m) float64: G of this batch
 
 
 class _Sums:
@@ -84,6 +102,10 @@ class _Sums:
         self.values = torch.zeros(m, dtype=torch.float64)
         self.nonpositive: dict[int, float] = {}  # loss index -> a non-positive L_j seen
         self.nonfinite: set[tuple[str, int]] = set()  # (direction label, loss index)
+        # (direction label, loss index) whose step rounds away; per label the worst share lost
+        self.unmeasurable: set[tuple[str, int]] = set()
+        self.lost: dict[str, float] = {}
+        self.dtypes: set[torch.dtype] = set()  # of the parameters a lost step was rounded to
         self.steps = {
             name: {
                 key: torch.zeros(m, dtype=torch.float64)
@@ -220,14 +242,27 @@ class _Evaluator:
             values=torch.tensor(values, dtype=torch.float64),
             blocks=[None if b is None else b.detach() for b in blocks],
             weights=weights,
+            gramian=gramian,
         )
 
-    def stepped_values(self, direction: list[torch.Tensor | None], lr: float, at: _Batch) -> list:
-        """Return L_j(theta - lr direction) on batch `at` (floats; NaN where not finite)."""
+    def stepped_values(
+        self, direction: list[torch.Tensor | None], lr: float, at: _Batch
+    ) -> tuple[list[float], _Rounding]:
+        """Return L_j(theta - lr direction) on batch `at` (floats; NaN where not finite), and
+        what rounding the stepped parameters to their dtype did to the step."""
         params = {}
-        for (name, p), step in zip(self.selected, direction, strict=True):
+        rounding = _Rounding(len(at.values))
+        for b, ((name, p), step) in enumerate(zip(self.selected, direction, strict=True)):
             base = p.detach()
-            moved = base.clone() if step is None else base - lr * step.view_as(base)
+            if step is None:
+                moved = base.clone()
+            else:
+                # One rounding, from at least float32: theta - lr d, then to the dtype.
+                wide = torch.promote_types(base.dtype, torch.float32)
+                want = (-lr) * step.to(wide).view_as(base)
+                moved = (base.to(wide) + want).to(base.dtype)
+                if base.dtype != wide:
+                    rounding.add(moved.to(wide) - base.to(wide) - want, at.blocks[b], base.dtype)
             params[name] = moved.requires_grad_(p.requires_grad)
 
         def run() -> list[float]:
@@ -235,7 +270,7 @@ class _Evaluator:
             with torch.enable_grad():
                 return self._values(at.data)
 
-        return self._call(at.seed, params, run)
+        return self._call(at.seed, params, run), rounding
 
     def _values(self, data: Any) -> list[float]:
         """Return the losses' values for one batch, checked against the names seen first."""
@@ -268,22 +303,27 @@ class _Evaluator:
             if not bool(positive[j]):
                 sums.nonpositive.setdefault(j, float(base[j]))
         safe = torch.where(positive, base, 1.0)
+        at_norms = at.gramian.diagonal().clamp(min=0).sqrt()
         for i in range(m):
             direction = [None if b is None else b[i] for b in step.blocks]
-            stepped = torch.tensor(self.stepped_values(direction, lr, at), dtype=torch.float64)
+            values, rounding = self.stepped_values(direction, lr, at)
+            stepped = torch.tensor(values, dtype=torch.float64)
             self._record(sums, f"loss {i}", stepped)
+            size = lr * float(step.gramian[i, i].clamp(min=0).sqrt())
+            rounding.judge(sums, f"loss {i}", lr * cross[i], size, at_norms)
             sums.change[i] += stepped - base
             sums.change1[i] += -lr * cross[i]
             sums.z[i] += torch.where(positive, 1.0 - stepped / safe, torch.nan)
             sums.z1[i] += torch.where(positive, lr * cross[i] / safe, torch.nan)
         for name in methods:
             w = step.weights[name]
-            direction = [
-                None if b is None else (w.to(b.dtype).to(b.device) @ b) for b in step.blocks
-            ]
-            stepped = torch.tensor(self.stepped_values(direction, lr, at), dtype=torch.float64)
+            direction = [None if b is None else _combine(w, b) for b in step.blocks]
+            values, rounding = self.stepped_values(direction, lr, at)
+            stepped = torch.tensor(values, dtype=torch.float64)
             self._record(sums, name, stepped)
             rate = w @ cross  # (w^T C)_j = <d, g_j^at>
+            size = lr * float((w @ step.gramian @ w).clamp(min=0).sqrt())  # lr |d|
+            rounding.judge(sums, name, lr * rate, size, at_norms)
             acc = sums.steps[name]
             acc["weights"] += w
             acc["change"] += stepped - base
@@ -296,6 +336,57 @@ class _Evaluator:
     def _record(sums: _Sums, label: str, stepped: torch.Tensor) -> None:
         for j in torch.nonzero(~torch.isfinite(stepped)).flatten().tolist():
             sums.nonfinite.add((label, j))
+
+
+class _Rounding:
+    """What rounding a stepped parameter set to its dtype did to the step of one direction:
+    shift[j] = <e, g_j^at> summed over the blocks (e = the step taken minus the step asked),
+    and |e|^2."""
+
+    def __init__(self, m: int) -> None:
+        self.shift = torch.zeros(m, dtype=torch.float64)
+        self.error_sq = 0.0
+        self.dtypes: set[torch.dtype] = set()
+
+    def add(self, error: torch.Tensor, block: torch.Tensor | None, dtype: torch.dtype) -> None:
+        """Add one parameter's rounding error (the block: (m, numel) gradients at `at`)."""
+        flat = error.reshape(-1).to(torch.float64)
+        if not bool(flat.any()):
+            return
+        self.dtypes.add(dtype)
+        self.error_sq += float(flat @ flat)
+        if block is not None:
+            self.shift += (block.to(torch.float64) @ flat).cpu()
+
+    def judge(
+        self,
+        sums: _Sums,
+        label: str,
+        first_order: torch.Tensor,
+        size: float,
+        norms: torch.Tensor,
+    ) -> None:
+        """Mark (label, j) not measurable where |shift_j| > STEP_RTOL * max(|lr <d, g_j>|,
+        STEP_ATOL * lr |d| |g_j|); `first_order` = lr <d, g_j^at>, `size` = lr |d|, `norms` =
+        |g_j^at|."""
+        if not self.dtypes:
+            return
+        scale = torch.maximum(first_order.abs(), STEP_ATOL * size * norms)
+        bad = self.shift.abs() > STEP_RTOL * scale
+        if not bool(bad.any()):
+            return
+        for j in torch.nonzero(bad).flatten().tolist():
+            sums.unmeasurable.add((label, j))
+        lost = math.sqrt(self.error_sq) / size if size > 0 else 1.0
+        sums.lost[label] = max(sums.lost.get(label, 0.0), lost)
+        sums.dtypes |= self.dtypes
+
+
+def _combine(w: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """Return d = sum_k w_k J_k for one (m, numel) block, in at least float32 (a bfloat16 sum
+    of m rows would round the direction before the step is even taken)."""
+    wide = torch.promote_types(block.dtype, torch.float32)
+    return w.to(device=block.device, dtype=wide) @ block.to(wide)
 
 
 def check_lr(lr: float) -> None:
@@ -321,9 +412,14 @@ def _report(
     n = max(sums.count, 1)
     undefined = sorted(sums.nonpositive)
     z, z1 = sums.z / n, sums.z1 / n
+    change = sums.change / n
     for j in undefined:  # the ratio is meaningless where L_j <= 0 on some batch
         z[:, j] = torch.nan
         z1[:, j] = torch.nan
+    for label, j in sums.unmeasurable:  # the step taken is not the step asked (rounding)
+        if label.startswith("loss "):
+            i = int(label.split()[1])
+            z[i, j] = change[i, j] = torch.nan
     steps = []
     for name in methods:
         acc = sums.steps[name]
@@ -331,7 +427,10 @@ def _report(
         for j in undefined:
             sz[j] = torch.nan
             sz1[j] = torch.nan
-        change = acc["change"] / n
+        method_change = acc["change"] / n
+        for label, j in sums.unmeasurable:
+            if label == name:
+                sz[j] = method_change[j] = torch.nan
         steps.append(
             MethodStep(
                 method=name,
@@ -339,9 +438,11 @@ def _report(
                 weights=dict(zip(names, (acc["weights"] / n).tolist(), strict=True)),
                 affinity=_named(names, sz),
                 affinity_first_order=_named(names, sz1),
-                loss_change=_named(names, change),
+                loss_change=_named(names, method_change),
                 loss_change_first_order=_named(names, acc["change1"] / n),
-                lowers_every_loss=bool(torch.isfinite(change).all() and (change < 0).all()),
+                lowers_every_loss=None
+                if any(label == name for label, _ in sums.unmeasurable)
+                else bool(torch.isfinite(method_change).all() and (method_change < 0).all()),
             )
         )
     report = AffinityReport(
@@ -357,12 +458,12 @@ def _report(
         holdout=holdout,
         affinity=to_list(z),
         affinity_first_order=to_list(z1),
-        loss_change=to_list(sums.change / n),
+        loss_change=to_list(change),
         loss_change_first_order=to_list(sums.change1 / n),
         methods_step=steps,
     )
     report.warnings = _warnings(names, sums, lr)
-    report.verdict = affinity_verdict(report)
+    report.verdict = affinity_verdict(report, _unmeasurable_methods(sums, methods, names))
     assert len(report.affinity) == m
     return report
 
@@ -381,15 +482,51 @@ def _warnings(names: Sequence[str], sums: _Sums, lr: float) -> list[str]:
         )
     if sums.nonfinite:
         labels = sorted({label for label, _ in sums.nonfinite})
-        shown = ", ".join(
-            names[int(label.split()[1])] if label.startswith("loss ") else label for label in labels
-        )
+        shown = ", ".join(_direction(label, names) for label in labels)
         out.append(f"a step of lr {lr:g} along {shown} made some loss non-finite; try a smaller lr")
+    if sums.unmeasurable:
+        labels = sorted({label for label, _ in sums.unmeasurable})
+        on = [_direction(label, names) for label in labels if label.startswith("loss ")]
+        along = [label for label in labels if not label.startswith("loss ")]
+        shown = ", ".join(
+            ([f"on {_and(on)}"] if on else []) + ([f"along {_and(along)}"] if along else [])
+        )
+        dtypes = " and ".join(sorted(str(d).removeprefix("torch.") for d in sums.dtypes))
+        worst = max(sums.lost.values())
+        out.append(
+            f"at lr {lr:g} each step ({shown}) is too small for the {dtypes} parameters: "
+            f"rounded to their resolution it loses up to {100 * min(worst, 1.0):.0f}% of itself, "
+            f"so {len(sums.unmeasurable)} measured entries would be the effect of another step: "
+            "they are null (the first-order estimates stay); use a larger lr, or float32 "
+            "parameters"
+        )
     return out
 
 
-def affinity_verdict(report: AffinityReport) -> list[str]:
-    """Return short sentences: what one step of each method does, harmful pairs, curvature."""
+def _direction(label: str, names: Sequence[str]) -> str:
+    return names[int(label.split()[1])] if label.startswith("loss ") else label
+
+
+def _unmeasurable_methods(
+    sums: _Sums, methods: Sequence[str], names: Sequence[str]
+) -> dict[str, set[str]]:
+    """Return, per method, the losses whose change its rounded step cannot measure."""
+    out: dict[str, set[str]] = {name: set() for name in methods}
+    for label, j in sums.unmeasurable:
+        if label in out:
+            out[label].add(names[j])
+    return out
+
+
+def affinity_verdict(
+    report: AffinityReport, unmeasurable: Mapping[str, set[str]] | None = None
+) -> list[str]:
+    """Return short sentences: what one step of each method does, harmful pairs, curvature.
+
+    `unmeasurable[method]`: the losses whose change that method's step cannot measure at this lr
+    (its step rounds away in the parameters' dtype): said so, not counted as raised. Entries that
+    are None take no part in the curvature sentence.
+    """
     names = report.losses
     m = len(names)
     lines: list[str] = []
@@ -397,6 +534,13 @@ def affinity_verdict(report: AffinityReport) -> list[str]:
     for step in report.methods_step:
         if step.lowers_every_loss:
             parts.append(f"one step of {step.method} lowers every loss")
+            continue
+        unknown = (unmeasurable or {}).get(step.method, set())
+        if unknown:
+            parts.append(
+                f"one step of {step.method} cannot be measured at this lr for "
+                f"{_and([n for n in names if n in unknown])} (it rounds away)"
+            )
             continue
         changes = {name: step.loss_change[name] for name in names}
         raised = [name for name, c in changes.items() if c is None or c > 0]
@@ -434,11 +578,13 @@ def affinity_verdict(report: AffinityReport) -> list[str]:
     for c, i, j in raised[: max(0, 3 - len(harmful))]:
         lines.append(f"a step on {names[i]} alone raises {names[j]} by {-c:.3g} (absolute)")
     off = []
+    compared = 0
     for i in range(m):
         for j in range(m):
             z, z1 = report.affinity[i][j], report.affinity_first_order[i][j]
             if z is None or z1 is None:
                 continue
+            compared += 1
             big = max(abs(z), abs(z1))
             if big > CURVATURE_ATOL and abs(z - z1) > CURVATURE_RTOL * big:
                 off.append((abs(z - z1), i, j, z, z1))
@@ -446,13 +592,18 @@ def affinity_verdict(report: AffinityReport) -> list[str]:
         _, i, j, z, z1 = max(off)
         lines.append(
             f"at lr {report.lr:g} the first-order estimate is off by more than half for "
-            f"{len(off)} of {m * m} entries (worst {names[i]} -> {names[j]}: measured "
+            f"{len(off)} of {compared} entries (worst {names[i]} -> {names[j]}: measured "
             f"{100 * z:+.3g}%, first order {100 * z1:+.3g}%): curvature matters at this step size"
         )
-    elif m:
+    elif compared == m * m and m:
         lines.append(
             f"at lr {report.lr:g} the first-order estimate lr G_ij / L_j is within half of every "
             "measured affinity"
+        )
+    elif compared:
+        lines.append(
+            f"at lr {report.lr:g} the first-order estimate lr G_ij / L_j is within half of the "
+            f"{compared} measured affinities ({m * m - compared} of {m * m} are not measured)"
         )
     return lines
 

@@ -122,6 +122,7 @@ def compare_methods(
                 residual=residual,
                 certified=certified,
                 diagnostics=_diagnostics(name, details, names),
+                zero_direction=stats.zero,
             )
         )
     assert all(len(r.weights) == m for r in results)
@@ -153,7 +154,13 @@ def methods_verdict(results: Sequence[MethodResult], names: Sequence[str]) -> li
             f"{', '.join(uncertified)} did not certify: no conclusion is drawn from "
             f"{'its' if len(uncertified) == 1 else 'their'} weights"
         )
-    results = [r for r in results if r.certified]
+    flat = [r.method for r in results if r.certified and r.zero_direction]
+    if flat:
+        lines.append(
+            f"{', '.join(flat)} give{'s' if len(flat) == 1 else ''} d = 0: a step along it "
+            "changes no loss to first order"
+        )
+    results = [r for r in results if r.certified and not r.zero_direction]
     raising = [r for r in results if not r.decreases_all]
     safe = [r.method for r in results if r.decreases_all]
     if not results:
@@ -199,20 +206,28 @@ def check_preference(
 ) -> tuple[float, ...]:
     """Return the preference after checking that some method takes it and that it is positive
     and finite (its length is checked against the losses by `compare_methods`)."""
+    if isinstance(preference, (str, bytes)) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in preference
+    ):
+        raise UsageError(
+            f"{opt('preference')} should hold numbers, one per loss; found {preference!r:.60}",
+            hint=f"e.g. {opt('preference', (1, 1, 2))}",
+            option="preference",
+        )
     values = tuple(float(v) for v in preference)
     takers = preference_methods()
     if not compare and not any(name in takers for name in methods):
         raise UsageError(
             f"{opt('preference')} applies to {', '.join(takers)}; none of "
-            f"{opt('methods', ','.join(methods))} takes one",
-            hint=f"add one of them, e.g. {opt('methods', f'{methods[0]},{takers[0]}')}",
+            f"{opt('methods', tuple(methods))} takes one",
+            hint=f"add one of them, e.g. {opt('methods', (methods[0], takers[0]))}",
             option="preference",
         )
     bad = [v for v in values if not (math.isfinite(v) and v > 0)]
     if bad:
         raise UsageError(
             f"{opt('preference')} values should be positive and finite; found {bad[0]:g}",
-            hint=f"e.g. {opt('preference', '1,1,2')} weighs the third loss twice",
+            hint=f"e.g. {opt('preference', (1, 1, 2))} weighs the third loss twice",
             option="preference",
         )
     return values
@@ -227,8 +242,8 @@ def _checked_preference(
     values = check_preference(preference, chosen, compare)
     if len(values) != len(names):
         raise UsageError(
-            f"{opt('preference')} has {len(values)} values but the gradfile has {len(names)} "
-            f"losses ({', '.join(inert(n) for n in names)})",
+            f"{opt('preference')} has {len(values)} values but there are {len(names)} losses "
+            f"({', '.join(inert(n) for n in names)})",
             hint="give one positive weight per loss, in the order of the losses",
             option="preference",
         )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gradtool.errors import UsageError, opt
+
 
 @dataclass(frozen=True)
 class Group:
@@ -27,7 +29,11 @@ def group_by_module(param_names: Sequence[str], depth: int | None) -> list[Group
     parameters of the root module form the group '(root)'.
     """
     if depth is not None and depth < 1:
-        raise ValueError(f"depth should be at least 1; found {depth}")
+        raise UsageError(
+            f"{opt('depth')} should be at least 1 (or None for full module paths); found {depth}",
+            hint="depth 1 groups by top-level module, 2 by their children, ...",
+            option="depth",
+        )
     order: dict[str, list[int]] = {}
     for i, name in enumerate(param_names):
         parts = module_path(name).split(".") if module_path(name) else []

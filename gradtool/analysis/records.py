@@ -21,8 +21,10 @@ def build_record(
     depth: int | None,
     pareto: ParetoOptions | None,
     layers: bool = True,
+    run: str | None = None,
 ) -> Record:
-    """Return the Record of one step; raise `NonFiniteGradientError` on non-finite gradients.
+    """Return the Record of one step (of the run `run`, an id); raise `NonFiniteGradientError`
+    on non-finite gradients.
 
     dot = G (whole model), norms = sqrt(diag G), cosine = G_ij / sqrt(G_ii G_jj); per layer
     (module path cut to `depth`) its Gramian; with `pareto`, the exact MGDA weights of G.
@@ -65,4 +67,5 @@ def build_record(
         cosine=to_list(gm.cosine(g)),
         layers=layer_records,
         pareto=pareto_record,
+        run=run,
     )

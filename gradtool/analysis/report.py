@@ -4,7 +4,8 @@ statistics, unused parameters, the Pareto result and a one-line verdict. Works o
 A conflict is reported only where it is material: a pair conflicts when its cosine is below
 -tau (`conflict_threshold`, default 0.05, an angle beyond 92.9 degrees), and over batches when the
 mean per-batch cosine stays below -tau by more than its standard error,
-mean + std / sqrt(n) < -tau with n the batches where the cosine is defined. The raw cosines stay
+mean + s / sqrt(n) < -tau with n the batches where the cosine is defined (s the sample standard
+deviation). The raw cosines stay
 in the report; the decisions are stored as flags (`Report.conflict`, `LayerStats.conflict`,
 `BatchStats.conflict`) for the renderer and the verdict.
 """
@@ -30,6 +31,7 @@ from gradtool.results.report import (
     LayerStats,
     ParetoReport,
     Report,
+    conflict_line,
     inert,
 )
 
@@ -40,6 +42,8 @@ DEFAULT_DEPTH = 3
 # random directions in P dimensions have |cos| ~ 1/sqrt(P), below 0.05 from P = 400 on, so noise
 # alone seldom crosses it; and a cosine below -0.05 never prints as -0.00.
 DEFAULT_CONFLICT_THRESHOLD = 0.05
+# A min-norm |d| at most this fraction of the largest gradient norm is 0 up to round-off.
+ROUND_OFF = 1e-12
 
 
 def check_conflict_threshold(threshold: float) -> float:
@@ -187,13 +191,16 @@ def build_report(
 
 
 def _batch_stats(batch_gramians: torch.Tensor, tau: float) -> BatchStats:
-    """Return the per-batch cosine statistics, with the standard error std / sqrt(n) of the mean
-    over the n batches where each cosine is defined, and the pairs whose mean stays below -tau by
-    more than it: mean + stderr < -tau."""
+    """Return the per-batch cosine statistics, with the standard error s / sqrt(n) of the mean
+    over the n batches where each cosine is defined (s the sample standard deviation, n - 1 in
+    its denominator; undefined for n < 2), and the pairs whose mean stays below -tau by more than
+    it: mean + stderr < -tau. `cosine_std` stays the population standard deviation (the JSON
+    contract's)."""
     mean, std, frac = gm.batch_cosine_stats(batch_gramians)
     defined, below = gm.batch_cosine_counts(batch_gramians, tau)
     n = defined.to(torch.float64)
-    stderr = torch.where(defined > 0, std / torch.sqrt(n.clamp(min=1.0)), torch.nan)
+    # s / sqrt(n) = std * sqrt(n / (n - 1)) / sqrt(n) = std / sqrt(n - 1)
+    stderr = torch.where(defined > 1, std / torch.sqrt((n - 1).clamp(min=1.0)), torch.nan)
     return BatchStats(
         cosine_mean=to_list(mean),
         cosine_std=to_list(std),
@@ -244,6 +251,8 @@ def check_finite(result: EngineResult) -> None:
 
 def _warnings(report: Report, result: EngineResult) -> list[str]:
     out = []
+    if result.low_memory_fallback:
+        out.append(result.low_memory_fallback)
     if len(result.loss_names) == 1:
         out.append("only one loss: pairwise statistics need two or more")
     count = report.parameters["count"]
@@ -285,7 +294,7 @@ def verdict(report: Report) -> list[str]:
         c, i, j = min(pairs)
         lines.append(
             f"no pair of losses conflicts on the mean gradient (lowest cos {c:+.2f}: {names[i]} "
-            f"and {names[j]}; a conflict is cos < -{tau:g})"
+            f"and {names[j]}; a conflict is cos < {conflict_line(tau)})"
         )
     lines += _batch_verdict(report, names)
     norms = {inert(k): v.norm for k, v in report.gradients.items() if v.norm}
@@ -321,12 +330,12 @@ def _batch_verdict(report: Report, names: Sequence[str]) -> list[str]:
             if stats.conflict[i][j]:
                 lines.append(
                     f"{names[i]} and {names[j]} conflict over batches ({spread} over the {where}; "
-                    f"below -{tau:g} in {below} of them)"
+                    f"below {conflict_line(tau)} in {below} of them)"
                 )
             elif below:
                 lines.append(
-                    f"{names[i]} and {names[j]}: cos < -{tau:g} in {below} of the {where}, but "
-                    f"no conflict on average ({spread})"
+                    f"{names[i]} and {names[j]}: cos < {conflict_line(tau)} in {below} of the "
+                    f"{where}, but no conflict on average ({spread})"
                 )
     return lines
 
@@ -343,11 +352,17 @@ def _pareto_verdict(report: Report) -> list[str]:
             f"{'has' if len(zero) == 1 else 'have'} a zero gradient on the selected "
             "parameters; leave such losses out, or select parameters they reach"
         )
+    elif p.stationary and (p.relative_min_norm or 0.0) <= ROUND_OFF:
+        lines.append(
+            "Pareto-stationary: a convex combination of the gradients is 0 (the min-norm |d| is "
+            f"{p.relative_min_norm or 0.0:.2g} of the largest gradient norm, tol {p.tol:g}), so "
+            "no direction decreases every loss to first order"
+        )
     elif p.stationary:
         lines.append(
-            f"Pareto-stationary: the min-norm |d| is {p.relative_min_norm or 0.0:.2g} of the "
-            f"largest gradient norm (tol {p.tol:g}), so no direction decreases every loss to "
-            "first order"
+            f"Pareto-stationary within tol {p.tol:g}: the min-norm |d| is "
+            f"{p.relative_min_norm:.2g} of the largest gradient norm, so no direction decreases "
+            "every loss by more than that, to first order"
         )
     else:
         lines.append(

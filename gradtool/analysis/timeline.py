@@ -24,7 +24,7 @@ from gradtool.analysis.convert import to_list
 from gradtool.analysis.report import DEFAULT_CONFLICT_THRESHOLD, check_conflict_threshold
 from gradtool.linalg import gramian as gm
 from gradtool.linalg.pareto import pareto_solution
-from gradtool.results.report import inert
+from gradtool.results.report import conflict_line, inert
 from gradtool.results.runlog import Record, RunLog
 from gradtool.results.timeline import (
     LayerTimeline,
@@ -341,14 +341,15 @@ def timeline_verdict(report: TimelineReport) -> list[str]:
             lines.append(
                 f"no pair of losses conflicts at any of the {report.num_records} records "
                 f"(lowest cos {low.cos_min:+.2f}: {inert(low.a)} and {inert(low.b)}; a conflict "
-                f"is cos < -{tau:g})"
+                f"is cos < {conflict_line(tau)})"
             )
     hot = [x for x in report.layers if x.conflict_records]
     if hot:
         top = max(hot, key=lambda x: (x.conflict_fraction or 0.0, -(x.mean_lowest_cos or 0.0)))
         text = (
-            f"conflict concentrates in {inert(top.name)}: some pair has cos < -{tau:g} there in "
-            f"{top.conflict_fraction or 0.0:.0%} of the {top.records} records where it is defined"
+            f"conflict concentrates in {inert(top.name)}: some pair has cos < "
+            f"{conflict_line(tau)} there in {top.conflict_fraction or 0.0:.0%} of the "
+            f"{top.records} records where it is defined"
         )
         if top.worst_pair_indices is not None and top.worst_pair_mean_cos is not None:
             i, j = top.worst_pair_indices

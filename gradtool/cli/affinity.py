@@ -59,8 +59,9 @@ def affinity(
     output: OutputOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Lookahead affinity: how one SGD step on each loss, or each method's direction, changes
-    every loss, measured and to first order."""
+    """Lookahead affinity: what one SGD step on each loss does to every loss.
+
+    Also one step along each method's direction; each measured and to first order."""
     from gradtool.analysis.affinity import check_lr
     from gradtool.api import AffinityRequest
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import typer
 
 from gradtool.cli.output import command_paths, escape, shown, stderr_console
-from gradtool.errors import GradtoolError, UsageError, UserCodeError
+from gradtool.errors import GradtoolError, OptionValue, UsageError, UserCodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,9 +45,12 @@ INPUTS: dict[str, str] = {
 READ_FIRST = ("gradfile", "run")
 
 
-def cli_option(name: str, value: str | None) -> str:
-    """Word an option reference as its flag: `--strategy loop`, or `--strategy` alone."""
+def cli_option(name: str, value: OptionValue) -> str:
+    """Word an option reference as its flag: `--strategy loop`, `--method mgda,upgrad`, or
+    `--strategy` alone."""
     flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    if isinstance(value, tuple):
+        value = ",".join(value)
     return flag if value is None else f"{flag} {value}"
 
 

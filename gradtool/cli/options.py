@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gradtool.errors import UsageError
-
 if TYPE_CHECKING:
     from gradtool.problem import LoadOptions
 
@@ -68,7 +66,9 @@ DepthOpt = Annotated[
 StrategyOpt = Annotated[
     StrategyChoice,
     typer.Option(
-        "--strategy", help="Engine strategy (auto: batched, or the loop where faster or needed)."
+        "--strategy",
+        help="Engine strategy (auto: the loop on the CPU, batched first elsewhere; backward "
+        "through reentrant checkpoints).",
     ),
 ]
 JsonOpt = Annotated[
@@ -114,8 +114,8 @@ ConflictThresholdOpt = Annotated[
     float,
     typer.Option(
         "--conflict-threshold",
-        help="A cosine below minus this is a conflict (0 to 1); over batches, when the mean "
-        "cosine stays below it by more than its standard error.",
+        help="A cosine below minus this is a conflict (0 to 1); over batches, a pair conflicts "
+        "when its mean cosine is below minus this by more than its standard error.",
     ),
 ]
 TolOpt = Annotated[
@@ -176,7 +176,4 @@ def methods_option(text: str) -> tuple[str, ...]:
     """Return the registry names in `--method` (comma-separated); exit 2 on an unknown one."""
     from gradtool.weightings import parse_methods
 
-    try:
-        return parse_methods(text)
-    except ValueError as exc:
-        raise UsageError(f"--method: {exc}") from None
+    return parse_methods(text)

@@ -156,7 +156,7 @@ def batch_progress() -> Iterator[Callable[[int], None] | None]:
 
     with Progress(
         SpinnerColumn(),
-        TextColumn("differentiating: {task.completed} batches"),
+        TextColumn("differentiating: batch {task.completed}"),
         TimeElapsedColumn(),
         console=stderr_console(),
         transient=True,

@@ -34,12 +34,23 @@ def report_command(
             show_default=False,
         ),
     ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            "--run",
+            help="Which run of the log: its id, a unique beginning of it, or #1 for the first, "
+            "#-1 for the last (default: the last run).",
+            show_default=False,
+        ),
+    ] = None,
     conflict_threshold: ConflictThresholdOpt = DEFAULT_CONFLICT_THRESHOLD,
     json_out: JsonOpt = False,
     output: OutputOpt = None,
 ) -> None:
-    """Gradients over training, from a Monitor's run log: conflicts per pair over time, norm
-    trends, MGDA weights, the layers where conflict concentrates."""
+    """Gradients over training, from a Monitor's run log.
+
+    Conflicts per pair over time, norm trends, MGDA weights, the layers where conflict
+    concentrates."""
     threshold = conflict_threshold_option(conflict_threshold)
     if output is not None:
         check_output_path(output)
@@ -49,10 +60,17 @@ def report_command(
         if plot.exists() and not plot.is_dir():
             raise UsageError(f"--plot {plot} is a file", hint="give a folder, e.g. --plot figures")
         require_matplotlib()
+        try:  # before the run: a folder that cannot be made fails now, not after the tables
+            plot.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"--plot {shown(plot)}: cannot create the folder: {exc.strerror or exc}",
+                hint="give a folder you can write to, e.g. --plot figures",
+            ) from None
     from gradtool.api import run_report
     from gradtool.render import make_console, render_timeline
 
-    timeline = run_report(run, conflict_threshold=threshold)
+    timeline = run_report(run, run_id=run_id, conflict_threshold=threshold)
     emit(timeline, json_out, output, lambda: render_timeline(timeline, make_console()))
     if plot is not None:
         from gradtool.render.plots import plot_timeline

@@ -107,6 +107,7 @@ def pareto(
     json_out: JsonOpt = False,
     output: OutputOpt = None,
     verbose: VerboseOpt = False,
+    plot: PlotFileOpt = None,
 ) -> None:
     """Exact min-norm (MGDA) Pareto weights, each loss's decrease rate, Pareto-stationarity."""
     from gradtool.analysis import ParetoOptions
@@ -127,7 +128,7 @@ def pareto(
         preference=pref,
     )
     request = replace(request, pareto=options)
-    _execute(request, json_out, output, verbose)
+    _execute(request, json_out, output, verbose, plot=plot)
 
 
 def _request(

@@ -6,11 +6,58 @@ counts, the gathering of per-loss gradients into blocks, and the one-line backwa
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
 
 from gradtool.errors import GradientError
+
+# torch.compile (AOT autograd) refuses a retained backward through a graph whose backward was
+# first compiled without one (it then frees or reuses the saved activations: "donated buffers").
+DONATED_BUFFER_TEXT = "compiled with non-empty donated buffers"
+DONATED_BUFFER_REASON = "donated_buffer"
+# With donated buffers off, inductor's in-place buffers still write over saved activations in a
+# backward (torch 2.13, measured: the second retained backward and the caller's own are wrong).
+COMPILED_INPLACE_REASON = "compiled_inplace"
+COMPILED_HINT = (
+    "before the compiled model's first forward, set torch._functorch.config.donated_buffer = "
+    "False (torch's switch for a retained backward) and torch._inductor.config.inplace_buffers "
+    "= False (without it, inductor's in-place kernels overwrite saved activations)"
+)
+
+
+def unsafe_compiled_backward() -> bool:
+    """Return whether a second backward through a torch.compile'd graph may be wrong here:
+    donated buffers off while inductor's in-place buffers and buffer reuse are on.
+
+    Read from the configuration modules only if torch.compile has loaded them (a process that
+    never compiled has nothing to check, and importing inductor costs seconds).
+    """
+    functorch = sys.modules.get("torch._functorch.config")
+    inductor = sys.modules.get("torch._inductor.config")
+    if functorch is None or inductor is None:
+        return False
+    return (
+        not getattr(functorch, "donated_buffer", True)
+        and bool(getattr(inductor, "inplace_buffers", False))
+        and bool(getattr(inductor, "allow_buffer_reuse", False))
+    )
+
+
+def check_compiled_backward(compiled: bool, passes: int) -> None:
+    """Raise a `GradientError` before any backward when the graph holds a torch.compile'd region
+    that `passes` backward passes (more than one: gradtool's own, then the caller's) would
+    corrupt; see `unsafe_compiled_backward`."""
+    if compiled and passes > 1 and unsafe_compiled_backward():
+        raise GradientError(
+            "the losses come from a torch.compile'd model compiled with donated buffers off but "
+            "inductor's in-place buffers on: a second backward through its graph reads saved "
+            "activations the first one overwrote, so these gradients (and a backward of yours "
+            "afterwards) would be wrong",
+            hint=COMPILED_HINT,
+            reason=COMPILED_INPLACE_REASON,
+        )
 
 
 class Rows:
@@ -83,6 +130,15 @@ def backward_error(exc: BaseException, loss: str) -> GradientError:
             hint="call gradtool before loss.backward(), or run that backward with "
             "retain_graph=True",
         )
+    if DONATED_BUFFER_TEXT in str(exc):
+        return GradientError(
+            "the losses come from a torch.compile'd model whose backward was compiled with donated "
+            "buffers, which refuse the retained backward gradtool needs (each loss is "
+            "differentiated on the same graph)",
+            hint=COMPILED_HINT,
+            loss=loss,
+            reason=DONATED_BUFFER_REASON,
+        )
     return GradientError(
         f"differentiating loss '{loss}' failed: {type(exc).__name__}: {first_line(exc, 240)}",
         hint="autograd raised this while running the model's backward (an in-place change of a "
@@ -120,22 +176,33 @@ def block_stats(block: torch.Tensor, with_max: bool = True) -> tuple[torch.Tenso
     is made (it cost more than the product) and the block is read once. The maxima are exact
     (the conversion is), NaN where a row holds a NaN; without `with_max` they are not computed
     (an empty tensor is returned).
+
+    The chunks go through one float64 buffer, reused, and the maxima through one running tensor:
+    a fresh chunk per step, each followed by a small tensor that stays alive (the chunk's
+    maxima), left a chunk-sized hole behind per step that glibc's aligned allocator could not
+    reuse, so the heap grew by the whole block converted (measured: +0.9 GB on a 16.8M-value
+    block with 8 losses, in some runs; benchmarks/bench_low_memory.py).
     """
     j = block.detach()
-    cols = max(1, GRAMIAN_CHUNK // max(1, j.shape[0]))
-    if j.dtype == torch.float64 or j.shape[1] <= cols or j.is_complex():
+    rows, n = j.shape
+    cols = max(1, GRAMIAN_CHUNK // max(1, rows))
+    if j.dtype == torch.float64 or n <= cols or j.is_complex():
         maxima = row_max_abs(j) if with_max else j.new_empty(0)
         j = j.to(torch.float64)
         return j @ j.T, maxima
-    gramian = torch.zeros(j.shape[0], j.shape[0], dtype=torch.float64, device=j.device)
-    parts: list[torch.Tensor] = []
-    for start in range(0, j.shape[1], cols):
-        chunk = j[:, start : start + cols].to(torch.float64)
+    gramian = torch.zeros(rows, rows, dtype=torch.float64, device=j.device)
+    buffer = torch.empty(rows, cols, dtype=torch.float64, device=j.device)
+    maxima: torch.Tensor | None = None
+    for start in range(0, n, cols):
+        width = min(cols, n - start)
+        chunk = buffer if width == cols else buffer[:, :width]
+        chunk.copy_(j[:, start : start + width])
         gramian.addmm_(chunk, chunk.T)
         if with_max:
-            parts.append(row_max_abs(chunk))
-    maxima = torch.stack(parts, dim=1).amax(dim=1) if parts else j.new_empty(0)
-    return gramian, maxima
+            part = row_max_abs(chunk)
+            maxima = part if maxima is None else torch.maximum(maxima, part, out=maxima)
+    del buffer
+    return gramian, (maxima if maxima is not None else j.new_empty(0))
 
 
 def nonfinite_counts(block: torch.Tensor, gramian: torch.Tensor) -> torch.Tensor:

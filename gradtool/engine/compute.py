@@ -56,7 +56,9 @@ def compute_gramians(
         del losses
         if progress is not None:
             progress(acc.count)
-    return acc.result()
+    result = acc.result()
+    result.low_memory = low_memory
+    return result
 
 
 def check_strategy(strategy: str) -> None:

@@ -14,6 +14,8 @@ import torch
 # Autograd nodes whose backward re-runs a forward the graph does not show (reentrant checkpoint):
 # parameters used inside are invisible to a graph walk and to `torch.autograd.grad`.
 OPAQUE_NODES = frozenset({"CheckpointFunctionBackward"})
+# The node of a `torch.compile`d region: its backward is AOT autograd's compiled one.
+COMPILED_NODES = frozenset({"CompiledFunctionBackward"})
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Reachability:
     reached: list[set[int]]  # per loss: indices into the parameter list
     opaque: bool
     leaves: tuple[torch.Tensor, ...] = ()  # every leaf the graph accumulates into, selected or not
+    compiled: bool = False  # the graph holds a torch.compile'd region
 
 
 def reachable_parameters(
@@ -62,7 +65,7 @@ def reachable_parameters(
                 stack.append(child)
             entering[child] += 1
     # Propagate the masks from the roots down, each node once all its parents are done.
-    opaque = False
+    opaque = compiled = False
     leaves: list[torch.Tensor] = []
     decoded: dict[int, list[int]] = {}  # mask -> its set bits (most parameters share a mask)
     ready = [node for node, count in entering.items() if count == 0]
@@ -82,12 +85,14 @@ def reachable_parameters(
             continue
         if name in OPAQUE_NODES:
             opaque = True
+        elif name in COMPILED_NODES:
+            compiled = True
         for child in children[node]:
             masks[child] = masks.get(child, 0) | mask
             entering[child] -= 1
             if entering[child] == 0:
                 ready.append(child)
-    return Reachability(reached=reached, opaque=opaque, leaves=tuple(leaves))
+    return Reachability(reached=reached, opaque=opaque, leaves=tuple(leaves), compiled=compiled)
 
 
 def _bits(mask: int) -> list[int]:

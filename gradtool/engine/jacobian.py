@@ -8,7 +8,7 @@ import torch
 
 from gradtool.engine.backward import backward_blocks
 from gradtool.engine.batched import batched_blocks, batched_failed
-from gradtool.engine.blocks import all_finite, first_line
+from gradtool.engine.blocks import all_finite, check_compiled_backward, first_line
 from gradtool.engine.graph import reachable_parameters
 from gradtool.engine.loop import loop_blocks
 from gradtool.engine.result import BatchJacobian, Fallback, FallbackReason, Strategy
@@ -38,6 +38,7 @@ def batch_jacobian(
     values = [float(t.detach().real) for t in tensors]
     reach = reachable_parameters(tensors, params)
     keep = retain_graph or create_graph
+    check_compiled_backward(reach.compiled, len(tensors) + int(keep))
     if strategy == "backward" or (strategy == "auto" and reach.opaque):
         extra = [*other_leaves, *reach.leaves]  # e.g. inputs with requires_grad: .grad kept too
         blocks, via_grad = backward_blocks(tensors, params, keep, extra, names=names)

@@ -41,7 +41,7 @@ import torch
 
 from gradtool.engine.accumulator import GramianAccumulator
 from gradtool.engine.batched import batched_failed, batched_grads
-from gradtool.engine.blocks import all_finite, first_line
+from gradtool.engine.blocks import all_finite, check_compiled_backward, first_line
 from gradtool.engine.graph import reachable_parameters
 from gradtool.engine.jacobian import batch_jacobian
 from gradtool.engine.loop import loop_blocks
@@ -71,6 +71,7 @@ def accumulate_batch(
     names = list(losses)
     tensors = [t.reshape(()) for t in losses.values()]
     reach = reachable_parameters(tensors, params)
+    check_compiled_backward(reach.compiled, 2 if retain_graph or len(tensors) > 1 else 1)
     reason = _cannot_hook(strategy, reach.opaque)
     if reason is not None:
         jac = batch_jacobian(

@@ -38,6 +38,12 @@ _MESSAGES: dict[Fallback, str] = {
 }
 
 
+# The fallbacks that replace the low-memory engine by the default one.
+_LOW_MEMORY_KINDS = frozenset(
+    {Fallback.LOW_MEMORY_STRATEGY, Fallback.LOW_MEMORY_CHECKPOINT, Fallback.LOW_MEMORY_NO_HOOKS}
+)
+
+
 @dataclass(frozen=True)
 class FallbackReason:
     """One fallback: its kind (for code to act on) and its message (for people)."""
@@ -86,11 +92,32 @@ class EngineResult:
     num_batches: int
     strategy: str
     fallbacks: tuple[FallbackReason, ...] = ()
+    low_memory: bool = False  # the low-memory engine was asked (compute_gramians(low_memory=True))
 
     @property
     def fallback_reason(self) -> str | None:
         """Return the fallbacks' messages, joined (None when the engine ran as asked)."""
         return "; ".join(f.message for f in self.fallbacks) or None
+
+    @property
+    def low_memory_fallback(self) -> str | None:
+        """Return, as one sentence for a warning, why the low-memory engine asked for did not run
+        (or ran only in part); None when it ran as asked or was not asked.
+
+        Shown without `verbose`: whoever asked for low memory sized the run on its promise, and
+        the default engine holds every loss's gradient of every parameter at once.
+        """
+        if not self.low_memory:
+            return None
+        for reason in self.fallbacks:
+            if reason.kind in _LOW_MEMORY_KINDS:
+                return (
+                    f"the low-memory engine did not run ({reason.message}): the default engine "
+                    "ran instead, holding every loss's gradient of every parameter at once"
+                )
+            if reason.kind == Fallback.VMAP_FAILED:
+                return f"the low-memory engine ran only in part ({reason.message})"
+        return None
 
     def fell_back(self, kind: Fallback) -> bool:
         """Return whether the engine fell back for `kind`."""

@@ -11,12 +11,37 @@ a run log (one JSON line per record) that `gradtool report` reads.
 It leaves the training as it was: it only calls `torch.autograd.grad` (with `retain_graph=True`),
 so no `.grad` is written, no parameter changes, no random number is drawn, and the caller's own
 backward still finds the graph. A skipped step costs a counter increment and a modulo.
+
+It never stops the training for its log: a write that fails (a full disk, a file system gone
+read-only, a closed descriptor) drops that record with one RuntimeWarning per Monitor, counts it
+in `Monitor.dropped`, and the next record is tried again (the error may have cleared); `close()`
+does not raise either. Only what fails before training starts raises: a path that cannot be
+opened at construction (a directory, no permission), where the error is cheap to fix and a log
+that silently stays empty would be found out only after the run.
+
+A `torch.compile`d model is recorded like any other (its parameters under their own names, not
+`_orig_mod.`) where torch allows a retained backward through the compiled graph. By default it
+often does not: a graph whose backward keeps "donated buffers" refuses it. Then the step is not
+recorded, one RuntimeWarning per Monitor gives the recipe, and training goes on untouched (the
+refusal comes before anything runs). The recipe, set before the model's first forward:
+`torch._functorch.config.donated_buffer = False` (torch's switch for a retained backward) and
+`torch._inductor.config.inplace_buffers = False`: with donated buffers off but in-place buffers
+on, inductor (torch 2.13) overwrites saved activations, so a second backward, the Monitor's and
+then the caller's own, is silently wrong; the engine refuses that combination the same way.
+
+Runs: each Monitor writes a run id in its header and in every record, so that several runs in
+one file are never merged (see `gradtool.results.runlog`). A new Monitor starts a new run unless
+told to continue one: `resume=True` continues the run the file ends with, `run_id=` names the run
+(e.g. an id kept in the training checkpoint, `monitor.run_id`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -31,21 +56,34 @@ from gradtool.analysis.convert import to_list
 from gradtool.analysis.records import build_record
 from gradtool.analysis.report import DEFAULT_DEPTH, ParetoOptions, pareto_options
 from gradtool.engine import Fallback, Strategy, check_strategy, compute_gramians
-from gradtool.errors import GradientError, LossError, NonFiniteGradientError
+from gradtool.errors import (
+    GradientError,
+    LossError,
+    NonFiniteGradientError,
+    RunLogError,
+    UsageError,
+    opt,
+)
 from gradtool.linalg import gramian as gm
 from gradtool.problem import Problem
-from gradtool.results.runlog import Record, run_header
+from gradtool.results.runlog import RUN_ID_PATTERN, Record, last_run, run_header
 
 NamedParameters = Iterable[tuple[str, nn.Parameter]]
 ParametersArg = NamedParameters | Callable[[nn.Module], NamedParameters] | None
+
+# fsync errors that say the file cannot be synced at all (a pipe, a character device): syncing
+# is then skipped for this file, silently; any other fsync error counts the record as dropped.
+_CANNOT_SYNC = frozenset({errno.EINVAL, errno.EROFS, errno.ENOTSUP, errno.EOPNOTSUPP})
+# The reasons `gradtool.engine` gives a torch.compile'd graph it cannot differentiate twice.
+_COMPILED_REASONS = frozenset({"donated_buffer", "compiled_inplace"})
 
 
 class Monitor:
     """Records the gradient analysis of a model's losses every `every` steps to a JSON-lines file.
 
     Args:
-        path: the run log; created with its folders, appended to if it exists (a resumed run)
-            unless `append=False`.
+        path: the run log; created with its folders, appended to if it exists unless
+            `append=False`.
         every: record at steps 0, every, 2 * every, ... (the step is `step=` if given, else the
             number of earlier `step()` calls).
         parameters: `(name, Parameter)` pairs to analyse, or a function `model -> pairs`;
@@ -56,8 +94,17 @@ class Monitor:
         metadata: JSON-serialisable facts about the run (hyper-parameters, ...), in the header.
         strategy: the engine strategy, as `inspect --strategy`.
         fsync: `os.fsync` after each record, so it survives a machine crash, not only a killed
-            process (each record is flushed either way).
+            process (each record is written with one system call either way).
         append: keep what `path` already holds (False: start the file afresh).
+        run_id: the id of the run this Monitor records (letters, digits, `._:-`, up to 64
+            characters): pass the id of an earlier Monitor (`monitor.run_id`, kept in your
+            checkpoint) to continue its run. Default: a new random id.
+        resume: continue the run the file ends with (its id), e.g. after a restart from a
+            checkpoint; a new run when the file holds none.
+
+    Raises:
+        ValueError: an argument is out of range, or `path` is a directory.
+        OSError: `path` cannot be opened for appending (no permission, ...).
     """
 
     def __init__(
@@ -73,30 +120,51 @@ class Monitor:
         strategy: Strategy = "auto",
         fsync: bool = True,
         append: bool = True,
+        run_id: str | None = None,
+        resume: bool = False,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every should be an integer >= 1; found {every!r}")
+            raise UsageError(f"{opt('every')} should be an integer >= 1; found {every!r}")
         if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int)):
-            raise ValueError(f"depth should be an integer >= 1 or None; found {depth!r}")
+            raise UsageError(f"{opt('depth')} should be an integer >= 1 or None; found {depth!r}")
         if depth is not None and depth < 1:
-            raise ValueError(f"depth should be an integer >= 1 or None; found {depth!r}")
+            raise UsageError(f"{opt('depth')} should be an integer >= 1 or None; found {depth!r}")
         check_strategy(strategy)
         if metadata is not None and not isinstance(metadata, Mapping):
-            raise ValueError(f"metadata should be a dict; found {type(metadata).__name__}")
+            raise UsageError(f"{opt('metadata')} should be a dict; found {type(metadata).__name__}")
         meta = dict(metadata or {})
         try:
             json.dumps(meta, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"metadata should be JSON-serialisable: {exc}") from None
+            raise UsageError(f"{opt('metadata')} should be JSON-serialisable: {exc}") from None
+        if run_id is not None and not (
+            isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id)
+        ):
+            raise UsageError(
+                "run_id should be 1 to 64 letters, digits or '._:-' (starting with a letter or "
+                f"digit); found {run_id!r}"
+            )
+        if not isinstance(resume, bool):
+            raise UsageError(f"{opt('resume')} should be True or False; found {resume!r}")
+        if resume and (run_id is not None or not append):
+            other = "run_id" if run_id is not None else "append=False"
+            raise UsageError(
+                f"{opt('resume')} continues the run the file ends with: give resume or {other}"
+            )
         self.path = Path(path)
         if self.path.is_dir():
-            raise ValueError(f"path should be a file; {self.path} is a directory")
+            raise UsageError(f"{opt('path')} should be a file; {self.path} is a directory")
         self.every = every
         self.depth = depth
         self.layers = layers
         self._pareto = pareto_options(pareto)
-        self._parameters: list[tuple[str, nn.Parameter]] | Callable[[nn.Module], Any] | None = (
-            parameters if parameters is None or callable(parameters) else list(parameters)
+        # A mapping name -> parameter keeps its pairs; any other iterable is taken once, now.
+        self._parameters: Any = (
+            parameters
+            if parameters is None or callable(parameters)
+            else list(parameters.items())
+            if isinstance(parameters, Mapping)
+            else list(parameters)
         )
         self._strategy: Strategy = strategy
         self._fsync = fsync
@@ -104,7 +172,15 @@ class Monitor:
         self._last_step: int | None = None
         self._records = 0
         self.skipped = 0
+        self.dropped = 0
         self.last: Record | None = None
+        self.run_id: str | None = run_id if run_id is not None else uuid.uuid4().hex[:12]
+        if resume:
+            self.run_id = self._resumed_id()
+        self._write_warned = False
+        self._compile_warned = False
+        self._torn = False  # a failed write may have left part of a line: end it first
+        self._file: _AppendFile | None = None
         self._file = self._open(meta, append)
 
     # -- the training-loop call -------------------------------------------------------------
@@ -116,25 +192,39 @@ class Monitor:
         *,
         step: int | None = None,
     ) -> Record | None:
-        """Return the Record written for this step, or None on a step that is not recorded.
+        """Return the Record of this step, or None on a step that is not recorded.
 
         Call it after the forward pass and before your backward (it needs the graph, and retains
         it for you). A step is recorded when `step % every == 0` (`step` defaults to the number
         of earlier calls); a second call for the same `step` (gradient accumulation) is skipped.
-        Nothing is read from `model` or `losses` on a skipped step.
+        Nothing is read from `model` or `losses` on a skipped step. A record the run log could
+        not take is still returned (and counted in `dropped`).
         """
         index = self._calls if step is None else step
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise UsageError(
+                f"{opt('step')} should be an integer >= 0; found {index!r}", option="step"
+            )
         self._calls += 1
         if index % self.every or index == self._last_step:
             return None
         if self._file is None:
-            raise ValueError(f"this Monitor is closed; {self.path} takes no more records")
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise ValueError(f"step should be an integer; found {index!r}")
+            raise UsageError(
+                f"this Monitor is closed; {self.path} takes no more records", reason="closed"
+            )
         record = self._analyze(model, losses, index)
         if record is None:
             return None
-        self._write(record)
+        if self.last is not None and record.losses != self.last.losses:
+            raise LossError(
+                f"losses are {record.losses} at step {index} but were {self.last.losses} at "
+                f"step {self.last.step}: one run log holds one set of losses",
+                hint="pass the same loss names, in the same order, at every step; give another "
+                "set of losses its own run log",
+                reason="loss_names_changed",
+            )
+        if not self._emit(record.to_json()):
+            self.dropped += 1
         self._last_step = index
         self._records += 1
         self.last = record
@@ -148,7 +238,8 @@ class Monitor:
 
     @property
     def records(self) -> int:
-        """Return how many records this Monitor has written."""
+        """Return how many steps this Monitor has recorded (written, or dropped by a failing
+        write: `records - dropped` reached the run log)."""
         return self._records
 
     @property
@@ -157,10 +248,20 @@ class Monitor:
         return self._file is None
 
     def close(self) -> None:
-        """Flush and close the run log; later recorded steps raise."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close the run log; later recorded steps raise. Never raises itself: a failure to
+        close (the last records may not have reached the disk) is a RuntimeWarning."""
+        fh, self._file = self._file, None
+        if fh is None:
+            return
+        try:
+            fh.close()
+        except OSError as exc:
+            warnings.warn(
+                f"gradtool.Monitor: closing {self.path} failed ({_describe(exc)}); its last "
+                "records may be lost",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def __enter__(self) -> Monitor:
         return self
@@ -175,68 +276,194 @@ class Monitor:
 
     def __repr__(self) -> str:
         state = "closed" if self._file is None else "open"
-        return f"Monitor({str(self.path)!r}, every={self.every}, records={self._records}, {state})"
+        return (
+            f"Monitor({str(self.path)!r}, every={self.every}, run_id={self.run_id!r}, "
+            f"records={self._records}, dropped={self.dropped}, {state})"
+        )
 
     # -- internals --------------------------------------------------------------------------
 
-    def _open(self, meta: dict[str, Any], append: bool) -> Any:
+    def _resumed_id(self) -> str | None:
+        """Return the id of the run the file ends with (None for a run written before run ids),
+        or a new one when the file holds no run."""
+        try:
+            found = last_run(self.path)
+        except RunLogError as exc:
+            raise UsageError(f"{opt('resume')} cannot read {self.path}: {exc.message}") from None
+        return self.run_id if found is None else found.id
+
+    def _open(self, meta: dict[str, Any], append: bool) -> _AppendFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not append:
-            self.path.write_bytes(b"")
-        needs_newline = False
-        if self.path.exists() and self.path.stat().st_size > 0:
-            with open(self.path, "rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                needs_newline = fh.read(1) != b"\n"
-        fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        fh = _AppendFile(self.path, truncate=not append)
+        # A run killed mid-write leaves a partial last line: end it, so it stays one bad line.
+        self._torn = append and _ends_without_newline(self.path)
         header = run_header(
             every=self.every,
             depth=self.depth,
             metadata=meta,
             versions={"gradtool_version": __version__, "torch_version": torch.__version__},
+            run=self.run_id,
         )
-        # A run killed mid-write leaves a partial last line: end it, so it stays one bad line.
-        fh.write(
-            ("\n" if needs_newline else "")
-            + json.dumps(header, allow_nan=False, separators=(",", ":"))
-            + "\n"
-        )
-        self._flush(fh)
+        self._file = fh
+        self._emit(json.dumps(header, allow_nan=False, separators=(",", ":")))
         return fh
+
+    def _emit(self, line: str) -> bool:
+        """Append `line` to the run log in one write (then fsync); return whether it got there.
+
+        A failure warns once per Monitor and is otherwise silent: the training goes on.
+        """
+        fh = self._file
+        assert fh is not None
+        data = ("\n" if self._torn else "").encode() + line.encode("utf-8") + b"\n"
+        written = 0
+        try:
+            while written < len(data):
+                count = fh.write(data[written:])
+                if not count:
+                    raise OSError(errno.EIO, "the write took no byte")
+                written += count
+            if self._fsync:
+                self._sync(fh)
+        except (OSError, ValueError) as exc:
+            self._torn = self._torn or 0 < written < len(data)
+            self._warn_write(exc)
+            return False
+        self._torn = False
+        return True
+
+    def _sync(self, fh: _AppendFile) -> None:
+        try:
+            fh.sync()
+        except OSError as exc:
+            if exc.errno not in _CANNOT_SYNC:
+                raise
+            self._fsync = False  # a pipe or a device: there is nothing to sync
+
+    def _warn_write(self, exc: BaseException) -> None:
+        if self._write_warned:
+            return
+        self._write_warned = True
+        warnings.warn(
+            f"gradtool.Monitor: cannot write to {self.path} ({_describe(exc)}); training goes "
+            "on, this record is dropped and each later one is tried again (Monitor.dropped "
+            "counts the records lost)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def _analyze(
         self, model: nn.Module, losses: Mapping[str, torch.Tensor], index: int
     ) -> Record | None:
+        model = _uncompiled(model)
         params = self._parameters(model) if callable(self._parameters) else self._parameters
         try:
             problem = Problem.live(model, losses, params)
             result = compute_gramians(problem, strategy=self._strategy, retain_graph=True)
             record = build_record(
-                result, step=index, depth=self.depth, pareto=self._pareto, layers=self.layers
+                result,
+                step=index,
+                depth=self.depth,
+                pareto=self._pareto,
+                layers=self.layers,
+                run=self.run_id,
             )
-        except (LossError, GradientError) as exc:
+        except GradientError as exc:
+            if exc.reason in _COMPILED_REASONS:
+                self._skip_compiled(index, exc)
+                return None
             if not _is_nonfinite(exc, losses):
                 raise
-            self.skipped += 1
-            warnings.warn(
-                f"gradtool.Monitor: step {index} not recorded: {exc.message}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            self._skip_nonfinite(index, exc)
+            return None
+        except LossError as exc:
+            if not _is_nonfinite(exc, losses):
+                raise
+            self._skip_nonfinite(index, exc)
             return None
         if self._strategy == "auto" and result.fell_back(Fallback.VMAP_FAILED):
             self._strategy = "loop"  # vmap cannot run this model: do not retry it every record
         return record
 
-    def _write(self, record: Record) -> None:
-        assert self._file is not None
-        self._file.write(record.to_json() + "\n")  # the whole line in one write, then flush
-        self._flush(self._file)
+    def _skip_nonfinite(self, index: int, exc: LossError | GradientError) -> None:
+        self.skipped += 1
+        warnings.warn(
+            f"gradtool.Monitor: step {index} not recorded: {exc.message}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
-    def _flush(self, fh: Any) -> None:
-        fh.flush()
-        if self._fsync:
-            os.fsync(fh.fileno())
+    def _skip_compiled(self, index: int, exc: GradientError) -> None:
+        self.skipped += 1
+        if self._compile_warned:
+            return
+        self._compile_warned = True
+        warnings.warn(
+            f"gradtool.Monitor: step {index} not recorded: {exc.message}; training goes on, "
+            f"and later steps of this graph are skipped the same way (Monitor.skipped counts "
+            f"them). To record them: {exc.hint}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+class _AppendFile:
+    """The run log, opened for appending (O_APPEND): each line goes out in one `write(2)`.
+
+    No user-space buffer: what `write` returns is on its way to the file, so a failure is seen at
+    the record that caused it, and lines of two processes appending to one file interleave whole.
+    """
+
+    def __init__(self, path: Path, *, truncate: bool) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self.fd: int | None = os.open(path, flags | (os.O_TRUNC if truncate else 0), 0o666)
+
+    def write(self, data: bytes) -> int:
+        """Write `data` (or a first part of it); return how many bytes were written."""
+        if self.fd is None:
+            raise ValueError("I/O operation on closed file")
+        return os.write(self.fd, data)
+
+    def sync(self) -> None:
+        """Flush what was written to the storage device (`fsync`)."""
+        if self.fd is None:
+            raise ValueError("I/O operation on closed file")
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        """Close the descriptor (once)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _ends_without_newline(path: Path) -> bool:
+    """Return whether the regular file at `path` is non-empty and does not end with a newline."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a device or a pipe: nothing to read back
+        with open(path, "rb") as fh:
+            if fh.seek(0, os.SEEK_END) == 0:
+                return False
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) != b"\n"
+    except OSError:
+        return False
+
+
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """Return the module a `torch.compile` wrapper holds (the same parameters, under their own
+    names), or `model` itself."""
+    inner = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(inner, nn.Module):
+        return inner
+    return model
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 def flat_metrics(record: Record, prefix: str = "") -> dict[str, float]:

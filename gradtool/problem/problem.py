@@ -210,7 +210,10 @@ def validate_losses(raw: object) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, value in raw.items():
         if not isinstance(name, str):
-            raise LossError(f"loss names should be strings; found {name!r} ({type(name).__name__})")
+            raise LossError(
+                f"loss names should be strings; found {name!r} ({type(name).__name__})",
+                hint='name each loss with a string, e.g. {"task_a": loss_a, "task_b": loss_b}',
+            )
         if not isinstance(value, torch.Tensor):
             output = _has_loss_tensor(value) or _is_model_output(value)
             raise LossError(

@@ -120,7 +120,12 @@ def _affinity_grid(report: AffinityReport, console: Console) -> Group:
         "row i: one SGD step on loss i alone; column j: its effect on loss j "
         "(+ lowers it, - raises it)",
     ]
-    if any(v is None for row in report.affinity for v in row):
+    shows_abs = any(
+        z is None and change is not None
+        for zs, changes in zip(report.affinity, report.loss_change, strict=True)
+        for z, change in zip(zs, changes, strict=True)
+    )
+    if shows_abs:
         lines.append("abs: L_j <= 0, so the absolute decrease L_j(theta) - L_j(theta - lr g_i)")
     return Group(*tables, notes(console, *lines))
 
@@ -151,7 +156,12 @@ def _method_steps_table(report: AffinityReport, console: Console) -> Group:
         for j, name in enumerate(names)
     ]
     title = "One step along each method's direction d, % of L_j"
-    lowers = [yes_no(step.lowers_every_loss) for step in steps]
+    lowers = [
+        Text("?", style="bold yellow")
+        if step.lowers_every_loss is None
+        else yes_no(step.lowers_every_loss)
+        for step in steps
+    ]
     # the verdict's header on two lines where that keeps the table in one block
     for heading in ("lowers all", "lowers\nall"):
         tables = blocks_of(

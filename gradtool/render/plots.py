@@ -184,7 +184,7 @@ def _cannot_write(path: Path, exc: OSError | ValueError) -> UsageError:
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return UsageError(
         f"cannot write the figure {path}: {reason}",
-        hint="give a .png, .svg or .pdf path in a folder you can write to",
+        hint="write the figures where you can write files",
         reason="plot_failed",
     )
 

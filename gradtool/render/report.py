@@ -35,7 +35,7 @@ from gradtool.render.common import (
     titled,
     yes_no,
 )
-from gradtool.results.report import LayerStats, MethodResult, Report
+from gradtool.results.report import LayerStats, MethodResult, Report, conflict_line
 
 MAX_UNUSED_LISTED = 8
 MAX_LOSSES_ACROSS = 4  # beyond this many losses, per-loss columns become rows
@@ -98,7 +98,7 @@ def _losses_table(report: Report) -> RenderableType:
 
 
 def _threshold_note(report: Report) -> str:
-    return f"! and red: a conflict, cos < -{report.conflict_threshold:g}"
+    return f"! and red: a conflict, cos < {conflict_line(report.conflict_threshold)}"
 
 
 def _cosine_grid(report: Report, console: Console) -> RenderableType:
@@ -179,15 +179,15 @@ def _pairs_tables(report: Report, console: Console) -> list[RenderableType]:
         groups.append(
             [
                 Column(
-                    f"cos < -{tau:g}",
+                    f"cos < {conflict_line(tau)}",
                     [f"{stats.below_threshold[i][j]}/{stats.defined[i][j]}" for i, j in pairs],
                 )
             ]
         )
         lines.append(
-            "batch cos: mean per-batch cosine ± its standard error (std / sqrt(n)); "
-            f"! where mean + s.e. < -{tau:g}; cos < -{tau:g}: batches below, of the n "
-            "where the cosine is defined"
+            "batch cos: mean per-batch cosine ± its standard error (s / sqrt(n), s the sample "
+            f"standard deviation); ! where mean + s.e. < {conflict_line(tau)}; "
+            f"cos < {conflict_line(tau)}: batches below, of the n where the cosine is defined"
         )
     tables = blocks_of(console, "Pairs", [label], groups)
     return [Group(*tables, notes(console, *lines)) if lines else Group(*tables)]

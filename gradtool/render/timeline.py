@@ -31,6 +31,7 @@ from gradtool.render.common import (
     show,
     trend_style,
 )
+from gradtool.results.report import conflict_line
 from gradtool.results.timeline import LayerTimeline, TimelineReport
 
 BARS = "▁▂▃▄▅▆▇█"
@@ -124,7 +125,7 @@ def _pairs_table(report: TimelineReport, console: Console) -> RenderableType:
     tables = blocks_of(console, "Gradient cosine over training", [label], groups)
     note = notes(
         console,
-        f"conflict: records with cos < -{tau:g}, of those where the cosine is defined; "
+        f"conflict: records with cos < {conflict_line(tau)}, of those where the cosine is defined; "
         "first: the first such step; !: a cosine below the threshold",
     )
     return Group(*tables, note)
@@ -263,13 +264,14 @@ def _layers_table(report: TimelineReport, console: Console) -> RenderableType | 
     tables = blocks_of(console, "Layers: where conflict concentrates", keys, groups)
     note = notes(
         console,
-        f"conflict: records where some pair has cos < -{tau:g}, of those where it is defined; "
-        "mean low cos: mean of the lowest pairwise cosine; worst pair: the lowest mean cosine",
+        f"conflict: records where some pair has cos < {conflict_line(tau)}, of those where it is "
+        "defined; mean low cos: mean of the lowest pairwise cosine; worst pair: the lowest mean "
+        "cosine",
     )
     return Group(*tables, note)
 
 
 def _layer_share(layer: LayerTimeline) -> Text | str:
-    if layer.records == 0:
-        return Text("1 loss", style="dim")
+    if layer.records == 0:  # fewer than two losses have a gradient here: no cosine
+        return Text("no pair", style="dim")
     return _share(layer.conflict_records, layer.records)

@@ -25,7 +25,7 @@ class MethodStep:
     affinity_first_order: dict[str, float | None]
     loss_change: dict[str, float | None]
     loss_change_first_order: dict[str, float | None]
-    lowers_every_loss: bool
+    lowers_every_loss: bool | None  # None: some change cannot be measured at this lr
 
 
 @dataclass

@@ -19,6 +19,11 @@ Flags = list[list[bool]]  # m x m, True where the pair conflicts materially
 Counts = list[list[int]]  # m x m
 
 
+def conflict_line(tau: float) -> str:
+    """Return the conflict line -tau as text: '-0.05', and '0' (not '-0') at tau = 0."""
+    return f"{-tau:g}" if tau else "0"
+
+
 def inert(name: str) -> str:
     """Return a user-provided name (a loss, parameter, module or file name) as text that is safe to
     print and cannot pass for another name.
@@ -137,6 +142,7 @@ class MethodResult:
     residual: float | None = None
     certified: bool = True
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    zero_direction: bool = False  # d = 0 up to round-off: no step, nothing lowered or raised
 
 
 @dataclass

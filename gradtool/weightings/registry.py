@@ -319,35 +319,30 @@ def parse_methods(text: str) -> tuple[str, ...]:
     """Return the registry names in a comma-separated list, in order, without duplicates.
 
     Raises:
-        ValueError: a name is not a known method (the message lists the known ones), or the
-            list is empty.
+        UsageError (a ValueError): a name is not a known method (the message lists the known
+            ones), or the list is empty.
     """
-    names: list[str] = []
-    for raw in text.split(","):
-        if not raw.strip():
-            continue
-        name = canonical_name(raw)
-        if name not in WEIGHTINGS:
-            raise ValueError(f"unknown method {raw.strip()!r}; known methods: {known_methods()}")
-        if name not in names:
-            names.append(name)
+    names = [raw.strip() for raw in text.split(",") if raw.strip()]
     if not names:
-        raise ValueError(f"no method given; known methods: {known_methods()}")
-    return tuple(names)
+        raise UsageError(
+            f"no method given; known methods: {known_methods()}",
+            hint=f"e.g. {opt('methods', ('mgda', 'upgrad'))}",
+            option="methods",
+        )
+    return check_methods(names)
 
 
 def check_methods(names: Sequence[str]) -> tuple[str, ...]:
     """Return the registry names of `names` (any case, '-' or '_'), in order, without duplicates;
     raise a `UsageError` naming the first unknown one."""
-    names = [canonical_name(name) for name in names]
-    unknown = [name for name in names if name not in WEIGHTINGS]
+    unknown = [name for name in names if canonical_name(name) not in WEIGHTINGS]
     if unknown:
         raise UsageError(
-            f"unknown method {unknown[0]!r}",
-            hint=f"known methods: {known_methods()}",
+            f"unknown method {unknown[0]!r}; known methods: {known_methods()}",
+            hint="method names ignore case, '-' and '_' (imtl_g, IMTL-G and imtlg are one)",
             option="methods",
         )
-    return tuple(dict.fromkeys(names))
+    return tuple(dict.fromkeys(canonical_name(name) for name in names))
 
 
 def known_methods() -> str:

@@ -58,7 +58,7 @@ def test_cli_default_pareto_still_lists_mgda_alone(runner: CliRunner) -> None:
         (["--preference", "1,1,1"], "none of --method mgda takes one"),
         (["--method", "upgrad", "--preference", "1,x"], "comma-separated numbers"),
         (["--method", "upgrad", "--preference", "1,-1,1"], "positive"),
-        (["--method", "upgrad", "--preference", "1,1"], "2 values but the gradfile has 3"),
+        (["--method", "upgrad", "--preference", "1,1"], "2 values but there are 3 losses"),
     ],
 )
 def test_cli_bad_method_or_preference_exits_2(
@@ -80,5 +80,3 @@ def test_cli_compare_shows_each_methods_certificate(runner: CliRunner) -> None:
     assert set(pcgrad["diagnostics"]["removed"]) == set(doc["losses"])
     table = invoke(runner, "pareto", MULTITASK, "--compare").stdout
     assert "resid." in table and "pcgrad's projections removed" in table
-
-

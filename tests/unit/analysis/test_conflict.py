@@ -139,7 +139,8 @@ def batches_at(cosines: list[float | None], norms: list[float] | None = None) ->
 def stats_of(cosines: list[float | None]) -> tuple[float, float, float, int]:
     defined = [c for c in cosines if c is not None]
     mean, std = statistics.fmean(defined), statistics.pstdev(defined)
-    return mean, std, std / math.sqrt(len(defined)), len(defined)
+    # the standard error of the mean: the sample standard deviation (n - 1) over sqrt(n)
+    return mean, std, statistics.stdev(defined) / math.sqrt(len(defined)), len(defined)
 
 
 def test_a_steady_batch_conflict_is_flagged() -> None:
@@ -246,9 +247,23 @@ def test_the_stationary_verdict_states_the_ratio_and_tol() -> None:
     p = report.pareto
     assert p is not None and p.stationary and p.relative_min_norm is not None
     assert (
-        f"Pareto-stationary: the min-norm |d| is {p.relative_min_norm:.2g} of the largest "
-        "gradient norm (tol 1e-06), so no direction decreases every loss to first order"
+        "Pareto-stationary: a convex combination of the gradients is 0 (the min-norm |d| is "
+        f"{p.relative_min_norm:.2g} of the largest gradient norm, tol 1e-06), so no direction "
+        "decreases every loss to first order"
     ) in report.verdict
+
+
+def test_stationary_within_a_loose_tol_says_by_how_much() -> None:
+    report = build_report(
+        engine_result({"a": [1.0, 0.0], "b": [-1.0, 0.1]}),
+        command="pareto",
+        pareto=ParetoOptions(tol=0.2),
+    )
+    p = report.pareto
+    assert p is not None and p.stationary and 0 < (p.relative_min_norm or 0) <= 0.2
+    line = next(x for x in report.verdict if x.startswith("Pareto-stationary"))
+    assert line.startswith("Pareto-stationary within tol 0.2")
+    assert "by more than that" in line
 
 
 @pytest.mark.parametrize("bad", [-1e-9, math.nan, math.inf])

@@ -205,7 +205,7 @@ def test_a_resumed_run_appends_after_a_truncated_line(tmp_path: Path) -> None:
         monitor.step(model, task_losses(model), step=0)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"schema_version":1,"kind":"gradtool.record","st')  # killed mid-write
-    with Monitor(path, every=1) as monitor:
+    with Monitor(path, every=1, resume=True) as monitor:
         monitor.step(model, task_losses(model), step=1)
     run = read_run(path)
     assert [r.step for r in run.records] == [0, 1]
