@@ -121,3 +121,18 @@ def _rel(path: str) -> str:
         return str(Path(path).resolve().relative_to(ROOT))
     except ValueError:
         return path
+
+
+def rss_bytes() -> int:
+    """Return this process's resident set size now (Linux: /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def hwm_bytes() -> int:
+    """Return this process's peak resident set size (VmHWM; reset via /proc/self/clear_refs)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")

@@ -43,7 +43,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _cases import MODELS, Case, make_case
-from _common import RESULTS, git_describe, header, median, table, write_section
+from _common import (
+    RESULTS,
+    git_describe,
+    header,
+    hwm_bytes,
+    median,
+    rss_bytes,
+    table,
+    write_section,
+)
 
 from gradtool.engine import compute_gramians
 from gradtool.problem import Problem
@@ -182,19 +191,6 @@ def time_case(case: Case, repeats: int, device: str) -> tuple[dict[str, float], 
 # --- peak memory -------------------------------------------------------------------------------
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
 def _reset_hwm() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
@@ -212,10 +208,10 @@ def peak_in_process(case: Case, name: str, device: str) -> int:
         fn(case)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    base = _rss_bytes()
+    base = rss_bytes()
     _reset_hwm()
     out = fn(case)
-    peak = _hwm_bytes()
+    peak = hwm_bytes()
     del out
     return peak - base
 

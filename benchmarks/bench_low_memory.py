@@ -29,22 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import hwm_bytes, rss_bytes
+
 WIDTHS = (2048, 4096, 4096, 4096, 2048)
 QUICK_WIDTHS = (256, 1024, 1024, 256)
 BATCH = 64
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
 
 
 def worker(engine: str, m: int, widths: tuple[int, ...]) -> dict[str, object]:
@@ -76,13 +67,13 @@ def worker(engine: str, m: int, widths: tuple[int, ...]) -> dict[str, object]:
 
     named = list(model.named_parameters())
     problem = Problem(model=model, losses=losses, parameters=named)
-    base = _rss_bytes()
+    base = rss_bytes()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     start = time.perf_counter()
     result = compute_gramians(problem, low_memory=engine == "low_memory")
     seconds = time.perf_counter() - start
-    peak = _hwm_bytes() - base
+    peak = hwm_bytes() - base
     numel = sum(p.numel() for _, p in named)
     largest = max(p.numel() for _, p in named)
     return {

@@ -22,6 +22,22 @@ SAMPLES = ROOT / "samples"
 SAMPLE_NAMES = ("multitask", "checkpointed", "meta", "actor_critic", "batches")
 MULTITASK = SAMPLES / "multitask.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The keys the JSON contract fixes for inspect / pareto / analyze (shared/DESIGN.md).
+CONTRACT_KEYS = (
+    "schema_version",
+    "command",
+    "losses",
+    "loss_values",
+    "num_batches",
+    "parameters",
+    "gradients",
+    "unused",
+    "dot",
+    "cosine",
+    "angle_deg",
+    "magnitude_similarity",
+    "layers",
+)
 
 # Pieces of gradfile source (write_gradfile dedents them and strips the leading newline).
 HEADER = """

@@ -16,6 +16,7 @@ import pytest
 import torch
 from _models import (
     BATCH_LOSSES,
+    CONTRACT_KEYS,
     HEADER,
     LOSSES,
     ROOT,
@@ -30,21 +31,6 @@ import gradtool
 from gradtool.problem import LoadOptions, load_problem
 
 GRADTOOL_DIR = str(Path(gradtool.__file__).resolve().parent)
-CONTRACT_KEYS = (
-    "schema_version",
-    "command",
-    "losses",
-    "loss_values",
-    "num_batches",
-    "parameters",
-    "gradients",
-    "unused",
-    "dot",
-    "cosine",
-    "angle_deg",
-    "magnitude_similarity",
-    "layers",
-)
 PARETO_KEYS = (
     "method",
     "normalize",
