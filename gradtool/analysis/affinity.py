@@ -168,7 +168,11 @@ def lookahead_affinity(
                 option="holdout",
             )
         evaluator.lookahead(previous, first, lr, methods, sums)
-    return _report(problem, evaluator.names, sums, count, lr, holdout, methods)
+    report = _report(problem, evaluator.names, sums, count, lr, holdout, methods)
+    report.meta.update(
+        {"strategy": evaluator.strategy_used, "fallback_reason": evaluator.fallback_reason}
+    )
+    return report
 
 
 class _Scope(nn.Module):
@@ -192,6 +196,8 @@ class _Evaluator:
     def __init__(self, problem: Problem, strategy: Strategy) -> None:
         self.problem = problem
         self.strategy = strategy
+        self.strategy_used = strategy  # what the engine ran on the first batch, and why
+        self.fallback_reason: str | None = None
         self.scope = _Scope(problem.model)
         self.selected = list(problem.parameters)
         self.others = other_leaves(problem.model, [p for _, p in self.selected])
@@ -219,6 +225,9 @@ class _Evaluator:
             jac = batch_jacobian(
                 losses, list(leaves.values()), strategy=self.strategy, other_leaves=self.others
             )
+            if not self.names:
+                self.strategy_used = jac.strategy
+                self.fallback_reason = "; ".join(f.message for f in jac.fallbacks) or None
             return list(losses), jac.loss_values, jac.blocks
 
         names, values, blocks = self._call(seed, leaves, run)

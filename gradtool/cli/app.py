@@ -37,7 +37,9 @@ class _Group(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except _CLICK_USAGE as exc:
-            code = _usage_error(exc)
+            argv = kwargs.get("args") or (args[0] if args else None) or sys.argv[1:]
+            command = next((a for a in argv if a in self.commands), None)
+            code = _usage_error(exc, command)
         except _CLICK_ERROR as exc:
             stderr_console().print(f"[bold red]Error:[/] {escape(exc.format_message())}")  # type: ignore[attr-defined]
             code = getattr(exc, "exit_code", 1)
@@ -50,13 +52,18 @@ class _Group(TyperGroup):
         return code
 
 
-def _usage_error(exc: Exception) -> int:
-    """Print a click usage error as `Error:` + `Hint:` (or the help it carries); return 2."""
+def _usage_error(exc: Exception, command: str | None = None) -> int:
+    """Print a click usage error as `Error:` + `Hint:` (or the help it carries); return 2.
+
+    The hint names the help of `command` (the subcommand on the command line) where the error's
+    own context is the group's (an option missing its value is reported there)."""
     ctx = getattr(exc, "ctx", None)
     if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
         typer.echo(ctx.get_help())
         return 2
     path = ctx.command_path if ctx is not None else "gradtool"
+    if command is not None and path == "gradtool":
+        path = f"gradtool {command}"
     err = stderr_console()
     err.print(f"[bold red]Error:[/] {escape(exc.format_message())}")  # type: ignore[attr-defined]
     err.print(f"[bold]Hint:[/] {escape(f'{path} --help')} lists the options and their ranges")

@@ -46,7 +46,9 @@ def _affinity_header(report: AffinityReport, console: Console, verbose: bool) ->
     parts += [f"lr {report.lr:g}", where, f"device {meta.get('device', 'cpu')}"]
     text = header(console, report.command, str(meta.get("gradfile", "")), parts)
     if verbose:
-        text.append(f"\nseed {meta.get('seed')}", style="dim")
+        text.append(f"\nseed {meta.get('seed')}; strategy {meta.get('strategy')}", style="dim")
+        if meta.get("fallback_reason"):
+            text.append(f" ({meta['fallback_reason']})", style="dim")
     return text
 
 

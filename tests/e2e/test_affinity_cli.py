@@ -120,3 +120,12 @@ def test_nonfinite_gradients_are_named_not_a_solver_failure(runner: CliRunner, t
     result = invoke(runner, "affinity", path, "--lr", "0.1")
     assert result.exit_code == 1
     assert "non-finite gradients" in result.stderr and "'bad'" in result.stderr
+
+
+def test_affinity_states_the_engine_it_ran(runner: CliRunner) -> None:
+    doc = json.loads(invoke(runner, "affinity", MULTITASK, "--lr", "0.1", "--json").stdout)
+    assert doc["meta"]["strategy"] in ("loop", "batched", "backward")
+    verbose = invoke(runner, "affinity", MULTITASK, "--lr", "0.1", "-v").stdout
+    assert f"strategy {doc['meta']['strategy']}" in verbose
+    forced = invoke(runner, "affinity", MULTITASK, "--lr", "0.1", "--strategy", "loop", "--json")
+    assert json.loads(forced.stdout)["meta"]["strategy"] == "loop"

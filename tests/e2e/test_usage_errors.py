@@ -73,3 +73,10 @@ def test_report_plot_into_an_impossible_folder_fails_before_the_tables(
     assert result.exit_code == 2
     assert result.stdout == ""  # nothing printed before the error
     assert "cannot create the folder" in result.stderr
+
+
+def test_an_option_missing_its_value_points_to_its_commands_help(runner: CliRunner) -> None:
+    result = invoke(runner, "report", ROOT / "docs" / "runs" / "multitask.jsonl", "--run")
+    assert result.exit_code == 2
+    assert "Error: Option '--run' requires an argument." in result.stderr
+    assert "Hint: gradtool report --help" in result.stderr
