@@ -72,12 +72,6 @@ def compare_methods(
     explicit = set(methods)
     warnings: list[str] = []
     rank = numerical_rank(g)
-    full_rank_only = [name for name in chosen if WEIGHTINGS[name].needs_full_rank]
-    if full_rank_only and rank < m:
-        warnings.append(
-            f"{' and '.join(full_rank_only)} assume linearly independent gradients, but the "
-            f"Gramian has rank {rank} < {m}: their weights are unreliable here"
-        )
     results: list[MethodResult] = []
     for name in chosen:
         method = WEIGHTINGS[name]
@@ -96,10 +90,16 @@ def compare_methods(
             continue
         certified = math.isfinite(residual) and residual <= CERTIFY_RTOL
         if not certified:
+            why = (
+                f"; it assumes linearly independent gradients, and the Gramian has rank {rank} "
+                f"< {m}"
+                if method.needs_full_rank and rank < m
+                else ""
+            )
             warnings.append(
                 f"{name} does not certify on this Gramian (residual of its defining conditions "
-                f"{residual:.1e} > {CERTIFY_RTOL:g}): its weights and what follows from them are "
-                "not stated as fact"
+                f"{residual:.1e} > {CERTIFY_RTOL:g}{why}): its weights and what follows from "
+                "them are not stated as fact"
             )
         loss_weights = weights / scale
         stats = direction_stats(g, loss_weights)
@@ -118,7 +118,7 @@ def compare_methods(
                 directional_derivatives=dict(
                     zip(names, stats.directional_derivatives, strict=True)
                 ),
-                decreases_all=stats.decreases_all,
+                decreases_all=stats.decreases_all if certified else None,
                 residual=residual,
                 certified=certified,
                 diagnostics=_diagnostics(name, details, names),
@@ -165,21 +165,38 @@ def methods_verdict(results: Sequence[MethodResult], names: Sequence[str]) -> li
     safe = [r.method for r in results if r.decreases_all]
     if not results:
         return lines
+    # "lowers" where every rate is > 0; a rate of exactly 0 (on the boundary) only "raises none"
+    level = [r.method for r in results if r.decreases_all and _has_zero_rate(r)]
+    if level:
+        lines.append(
+            f"{', '.join(level)} leave{'s' if len(level) == 1 else ''} some loss unchanged to "
+            f"first order (a rate of 0) and raise{'s' if len(level) == 1 else ''} none"
+        )
     if not raising:
-        return [
-            *lines,
-            f"every method compared ({', '.join(safe)}) lowers every loss to first order",
-        ]
+        strict = [name for name in safe if name not in level]
+        if strict:
+            lines.append(
+                f"every other method compared ({', '.join(strict)}) lowers every loss to first "
+                "order"
+                if level
+                else f"every method compared ({', '.join(strict)}) lowers every loss to first order"
+            )
+        return lines
     parts = []
     for r in raising:
         hurt = [inert(n) for n in names if r.directional_derivatives[n] < 0]
         parts.append(f"{r.method} raises {', '.join(hurt)}")
     line = "to first order " + "; ".join(parts)
-    if len(safe) == 1:
-        line += f"; {safe[0]} lowers every loss"
-    elif safe:
-        line += f"; the {len(safe)} other methods lower every loss"
+    strict = [name for name in safe if name not in level]
+    if len(strict) == 1:
+        line += f"; {strict[0]} lowers every loss"
+    elif strict:
+        line += f"; the {len(strict)} other methods lower every loss"
     return [*lines, line]
+
+
+def _has_zero_rate(result: MethodResult) -> bool:
+    return any(v == 0.0 for v in result.directional_derivatives.values())
 
 
 def _pcgrad_verdict(results: Sequence[MethodResult]) -> list[str]:

@@ -151,13 +151,22 @@ def check_targets(kwargs: dict[str, Any], typed: dict[str, Any]) -> None:
         targets += figures
     for flag, target in targets:
         for role, source, as_typed in inputs:
-            if _same_file(target, source):
+            if _same_file(target, source) or _inside_folder(target, source):
                 raise UsageError(
                     f"{flag} would overwrite {role} {as_typed}, an input of this run",
                     hint="write to a new file: an input is never replaced",
                     option="output" if flag.startswith("-o") else "plot",
                     reason="output_is_input",
                 )
+
+
+def _inside_folder(target: Path, source: Path) -> bool:
+    """Return whether `source` is a folder (a save_pretrained checkpoint) holding `target`: every
+    file in it may be read (weights, shards, their index), so none may be written."""
+    try:
+        return source.is_dir() and target.resolve().is_relative_to(source.resolve())
+    except OSError:
+        return False
 
 
 def _plot_files(plot: Path) -> Iterator[tuple[str, Path]]:

@@ -185,6 +185,7 @@ def project_dual_cone(
     bound = max(float(np.max(np.diag(g), initial=0.0)) * float(np.abs(v).sum()), 1e-300)
     size = max(float(np.abs(u).max()), 1e-300)
     residual = max(
+        0.0,
         float(np.max(-x, initial=0.0)) / size,
         float(np.max(-lam, initial=0.0)) / bound,
         float(np.max(np.abs(lam * x), initial=0.0)) / (bound * size),
@@ -246,11 +247,15 @@ def _power_fixed_point(g: np.ndarray, alpha: float) -> tuple[np.ndarray, float, 
     def f(w: np.ndarray) -> float:
         return 0.5 * float(w @ g @ w) - float(h(w).sum())
 
+    def residual_of(w: np.ndarray) -> float:
+        value = float(np.max(np.abs((g @ w) * w**k - 1.0)))
+        return value if math.isfinite(value) else math.inf
+
     diag = np.diag(g)
     # the solution for a diagonal G, a good start: G_ii w_i = w_i^(-k)
     w = np.where(diag > 0, np.maximum(diag, 1e-300) ** (-1.0 / (1.0 + k)), 1.0)
-    value = f(w)
-    iterations = 0
+    value, residual = f(w), residual_of(w)
+    iterations, stalled = 0, 0
     for iterations in range(1, _NEWTON_MAX_ITER + 1):  # noqa: B007 (returned)
         grad = g @ w - w ** (-k)
         hess = g + np.diag(k * w ** (-k - 1.0))
@@ -259,25 +264,31 @@ def _power_fixed_point(g: np.ndarray, alpha: float) -> tuple[np.ndarray, float, 
         except np.linalg.LinAlgError:
             step = -np.linalg.lstsq(hess, grad, rcond=None)[0]
         decrement = float(-grad @ step)
-        if not math.isfinite(decrement) or decrement <= 1e-30 * max(1.0, abs(value)):
+        if not (math.isfinite(decrement) and decrement > 0.0):
             break
         t = 1.0
         shrinking = step < 0
         if shrinking.any():
             t = min(1.0, 0.99 * float(np.min(-w[shrinking] / step[shrinking])))
+        accepted = False
         while t > 1e-20:
             trial = w + t * step
             trial_value = f(trial)
-            if trial_value <= value - 1e-4 * t * decrement:
+            # Armijo on f; where f is flat to rounding (near the solution), progress on the
+            # equations themselves (a smaller residual) is accepted instead.
+            if trial_value <= value - 1e-4 * t * decrement or residual_of(trial) < residual:
+                accepted = True
                 break
             t *= 0.5
-        else:
+        if not accepted:
             break
         w, value = trial, trial_value
-        if t == 1.0 and decrement < 1e-28:
+        new_residual = residual_of(w)
+        stalled = stalled + 1 if new_residual >= residual else 0
+        residual = min(residual, new_residual)
+        if residual <= 8 * EPS or stalled >= 3:
             break
-    residual = float(np.max(np.abs((g @ w) * w**k - 1.0)))
-    return w, residual if math.isfinite(residual) else math.inf, iterations
+    return w, residual_of(w), iterations
 
 
 def nash_mtl(gramian: np.ndarray) -> Solved:

@@ -9,8 +9,10 @@ a run log (one JSON line per record) that `gradtool report` reads.
         optimizer.step()
 
 It leaves the training as it was: it only calls `torch.autograd.grad` (with `retain_graph=True`),
-so no `.grad` is written, no parameter changes, no random number is drawn, and the caller's own
-backward still finds the graph. A skipped step costs a counter increment and a modulo.
+so no parameter's `.grad` is written, no parameter changes, no random number is drawn, and the
+caller's own backward still finds the graph. (PyTorch runs tensor hooks during `autograd.grad`:
+a non-leaf tensor with `retain_grad()` on the path does receive the analysis' gradient.) A
+skipped step costs a counter increment and a modulo.
 
 It never stops the training for its log: a write that fails (a full disk, a file system gone
 read-only, a closed descriptor) drops that record with one RuntimeWarning per Monitor, counts it

@@ -243,6 +243,14 @@ def _shards(index: Path) -> tuple[list[Path], list[str]]:
 
 def _read_file(path: Path) -> dict[str, Any]:
     """Return the state dict in one file (torch.save or safetensors), checked to map names."""
+    if not path.is_file():  # a device or a FIFO: it may never end, and it holds no state dict
+        raise GradfileError(
+            f"checkpoint {path} is not a regular file",
+            hint=f"{opt('checkpoint')} takes a state dict file (torch.save or .safetensors) or a "
+            "folder saved by save_pretrained",
+            option="checkpoint",
+            reason="checkpoint_unreadable",
+        )
     if path.stat().st_size == 0:
         raise GradfileError(
             f"checkpoint {path} is empty (0 bytes)",

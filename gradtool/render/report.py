@@ -424,7 +424,7 @@ def _certificate(r: MethodResult) -> Text:
 
 def _lowers_all(r: MethodResult) -> Text:
     """Return yes / no, or '?' where the method did not certify (no conclusion is drawn)."""
-    return yes_no(r.decreases_all) if r.certified else Text("?", style="bold yellow")
+    return yes_no(bool(r.decreases_all)) if r.certified else Text("?", style="bold yellow")
 
 
 def _method_notes(results: Sequence[MethodResult], normalize: str) -> list[str]:

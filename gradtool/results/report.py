@@ -138,7 +138,7 @@ class MethodResult:
     norm: float
     cosine: dict[str, float | None]
     directional_derivatives: dict[str, float]
-    decreases_all: bool
+    decreases_all: bool | None  # None where the method did not certify: no conclusion
     residual: float | None = None
     certified: bool = True
     diagnostics: dict[str, Any] = field(default_factory=dict)

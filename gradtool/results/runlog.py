@@ -602,6 +602,12 @@ def _pick(path: Path, scan: _Scan, run: str | int | None) -> RunInfo:
 
 
 def _no_records(path: Path, scan: _Scan) -> RunLogError:
+    if scan.runs and scan.warnings:  # records there were, but none could be read
+        return RunLogError(
+            f"run log {path} holds no readable record: {scan.warnings[0]}"
+            + (f" (and {len(scan.warnings) - 1} more)" if len(scan.warnings) > 1 else ""),
+            hint="a record line is one JSON object a Monitor wrote: check how this file was made",
+        )
     if scan.runs:
         return RunLogError(
             f"run log {path} holds no record yet (only its header)",

@@ -508,3 +508,27 @@ def test_messages_show_relative_paths_as_typed(
     assert error_line(result) == (
         f"Error: -o {Path('nowhere') / 'out.json'}: the folder nowhere does not exist"
     )
+
+
+def test_output_inside_a_checkpoint_folder_is_refused_and_the_weights_kept(
+    runner: CliRunner, write_gradfile: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = write_gradfile(HEADER + "model = nn.Linear(3, 1)\n" + LOSSES)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    weights = folder / "pytorch_model.bin"
+    torch.save(torch.nn.Linear(3, 1).state_dict(), weights)
+    before = weights.read_bytes()
+    result = invoke(runner, "inspect", path, "--checkpoint", folder, "-o", weights)
+    assert result.exit_code == 2, result.output
+    assert "an input of this run" in result.stderr
+    assert weights.read_bytes() == before
+
+
+def test_a_device_as_checkpoint_is_one_error_line(
+    runner: CliRunner, write_gradfile: Callable[..., Path]
+) -> None:
+    path = write_gradfile(HEADER + "model = nn.Linear(3, 1)\n" + LOSSES)
+    result = invoke(runner, "inspect", path, "--checkpoint", "/dev/zero")
+    assert result.exit_code == 1
+    assert "Error: checkpoint /dev/zero is not a regular file" in result.stderr

@@ -120,11 +120,17 @@ def test_preference_is_checked_and_passed_on() -> None:
     assert all((r.preference is not None) == WEIGHTINGS[r.method].takes_preference for r in results)
 
 
-def test_full_rank_methods_warn_on_dependent_gradients() -> None:
+def test_dependent_gradients_are_named_only_where_a_method_does_not_certify() -> None:
     j = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     assert numerical_rank(j @ j.T) == 2 and numerical_rank(G) == 3
-    _, warnings = compare_methods(j @ j.T, [1.0] * 3, NAMES, methods=("mgda", "fairgrad"))
-    assert any("rank 2 < 3" in w for w in warnings)
+    # rank 2 < 3, but no z >= 0 has G z = 0: G w = w^(-1/2) still has its solution
+    results, warnings = compare_methods(j @ j.T, [1.0] * 3, NAMES, methods=("mgda", "fairgrad"))
+    assert results[1].certified and not warnings
+    # a zero gradient: no solution, and the warning says why
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    results, warnings = compare_methods(z @ z.T, [1.0] * 3, NAMES, methods=("mgda", "nash_mtl"))
+    assert not results[1].certified and results[1].decreases_all is None
+    assert any("nash_mtl does not certify" in w and "rank 2 < 3" in w for w in warnings)
 
 
 def _engine_result() -> EngineResult:
@@ -169,3 +175,15 @@ def test_report_keeps_pareto_as_mgda_and_lists_methods() -> None:
     assert body["methods"][1]["weights"] == pytest.approx(body["pareto"]["weights"])
     inspect = build_report(_engine_result(), command="inspect").to_dict()
     assert "methods" not in inspect and "pareto" not in inspect
+
+
+def test_a_rate_of_exactly_zero_is_not_called_lowering() -> None:
+    g = torch.tensor([[18.0, -22.0], [-22.0, 38.0]], dtype=torch.float64)
+    results, _ = compare_methods(g, [1.0, 1.0], ["x", "y"], methods=("mgda", "dualproj"))
+    dualproj = results[1]
+    assert dualproj.directional_derivatives["x"] == 0.0 and dualproj.decreases_all
+    verdict = methods_verdict(results, ["x", "y"])
+    assert "dualproj leaves some loss unchanged to first order (a rate of 0) and raises none" in (
+        verdict
+    )
+    assert "every other method compared (mgda) lowers every loss to first order" in verdict

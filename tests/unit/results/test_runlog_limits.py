@@ -298,3 +298,17 @@ def test_a_json_document_given_as_a_run_log_is_named_as_such(
     assert json.loads(doc)["command"] == "inspect"
     with pytest.raises(RunLogError, match=r"is a `gradtool inspect --json` document, not a run"):
         read_run(path)
+
+
+def test_a_log_whose_only_record_is_unreadable_says_why(tmp_path: Path) -> None:
+    from _models import ROOT
+
+    header, record = (ROOT / "docs" / "runs" / "multitask.jsonl").read_text().splitlines()[:2]
+    doc = json.loads(record)
+    doc["step"] = 0
+    line = json.dumps(doc).replace('"step": 0', '"step": ' + "9" * 5000, 1)
+    path = tmp_path / "big.jsonl"
+    path.write_text(header + "\n" + line + "\n")
+    with pytest.raises(RunLogError, match="holds no readable record: line 2") as info:
+        read_run(path)
+    assert "more digits" in info.value.message
