@@ -71,7 +71,6 @@ def compare_methods(
     scale, g_norm = solved.scale, solved.normalized_gramian
     explicit = set(methods)
     warnings: list[str] = []
-    rank = numerical_rank(g)
     results: list[MethodResult] = []
     for name in chosen:
         method = WEIGHTINGS[name]
@@ -90,10 +89,11 @@ def compare_methods(
             continue
         certified = math.isfinite(residual) and residual <= CERTIFY_RTOL
         if not certified:
+            rank = numerical_rank(g) if method.needs_full_rank else m
             why = (
                 f"; it assumes linearly independent gradients, and the Gramian has rank {rank} "
                 f"< {m}"
-                if method.needs_full_rank and rank < m
+                if rank < m
                 else ""
             )
             warnings.append(

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
+from gradtool.engine import EngineResult
 from gradtool.errors import UsageError, opt
 
 
@@ -40,3 +43,28 @@ def group_by_module(param_names: Sequence[str], depth: int | None) -> list[Group
         key = ".".join(parts if depth is None else parts[:depth]) or "(root)"
         order.setdefault(key, []).append(i)
     return [Group(name=k, indices=tuple(v)) for k, v in order.items()]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A module path's share of the engine result: its blocks, values and Gramian
+    G_layer = sum over its blocks b of G_b (float64, m x m)."""
+
+    name: str
+    indices: list[int]
+    numel: int
+    gramian: torch.Tensor
+
+
+def layers_of(result: EngineResult, depth: int | None) -> list[Layer]:
+    """Return the layers of `result` grouped by module path cut to `depth` (see
+    `group_by_module`), each with its numel and Gramian."""
+    return [
+        Layer(
+            name=group.name,
+            indices=list(group.indices),
+            numel=sum(result.param_numels[b] for b in group.indices),
+            gramian=result.gramians[list(group.indices)].sum(dim=0),
+        )
+        for group in group_by_module(result.param_names, depth)
+    ]

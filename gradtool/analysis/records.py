@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from gradtool.analysis.convert import to_list
-from gradtool.analysis.layers import group_by_module
+from gradtool.analysis.layers import layers_of
 from gradtool.analysis.report import ParetoOptions, check_finite
 from gradtool.engine import EngineResult
 from gradtool.linalg import gramian as gm
@@ -33,17 +33,11 @@ def build_record(
     names = result.loss_names
     g = result.gramian
     norms = gm.norms(g)
-    layer_records = []
-    if layers:
-        for group in group_by_module(result.param_names, depth):
-            idx = list(group.indices)
-            layer_records.append(
-                LayerRecord(
-                    group.name,
-                    sum(result.param_numels[b] for b in idx),
-                    to_list(result.gramians[idx].sum(dim=0)),
-                )
-            )
+    layer_records = (
+        [LayerRecord(x.name, x.numel, to_list(x.gramian)) for x in layers_of(result, depth)]
+        if layers
+        else []
+    )
     pareto_record = None
     if pareto is not None:
         sol = pareto_solution(

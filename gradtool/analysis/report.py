@@ -20,7 +20,7 @@ import torch
 
 from gradtool.analysis.compare import compare_methods, methods_verdict
 from gradtool.analysis.convert import to_list
-from gradtool.analysis.layers import group_by_module
+from gradtool.analysis.layers import layers_of
 from gradtool.engine import EngineResult, Fallback
 from gradtool.errors import NonFiniteGradientError, UsageError, opt
 from gradtool.linalg import gramian as gm
@@ -120,21 +120,19 @@ def build_report(
         for i, name in enumerate(names)
     }
     layers = []
-    for group in group_by_module(result.param_names, depth):
-        g_layer = result.gramians[list(group.indices)].sum(dim=0)
-        n_layer = gm.norms(g_layer)
-        cos_layer = gm.cosine(g_layer)
+    for layer in layers_of(result, depth):
+        n_layer = gm.norms(layer.gramian)
+        cos_layer = gm.cosine(layer.gramian)
         layers.append(
             LayerStats(
-                name=group.name,
-                numel=sum(result.param_numels[b] for b in group.indices),
+                name=layer.name,
+                numel=layer.numel,
                 norms={name: float(n_layer[i]) for i, name in enumerate(names)},
                 cosine=to_list(cos_layer),
-                dot=to_list(g_layer),
-                parameters=[result.param_names[b] for b in group.indices],
+                dot=to_list(layer.gramian),
+                parameters=[result.param_names[b] for b in layer.indices],
                 reached={
-                    name: bool(reached[list(group.indices), i].any())
-                    for i, name in enumerate(names)
+                    name: bool(reached[layer.indices, i].any()) for i, name in enumerate(names)
                 },
                 lowest_pair=gm.lowest_pair(cos_layer),
                 conflict=gm.offdiagonal_below(cos_layer, tau).tolist(),

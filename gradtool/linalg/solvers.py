@@ -76,6 +76,17 @@ def unit_scale(g: np.ndarray) -> float:
     return top if top > 0 else 1.0
 
 
+def mean(gramian: np.ndarray) -> Solved:
+    """Mean: w = 1/m each, the gradient of the mean loss (exact by construction)."""
+    m = as_array(gramian).shape[0]
+    return Solved(np.full(m, 1.0 / m), 0.0)
+
+
+def sum_(gramian: np.ndarray) -> Solved:
+    """Sum: w = 1 each, the gradient of the summed loss (exact by construction)."""
+    return Solved(np.ones(as_array(gramian).shape[0]), 0.0)
+
+
 # --- dual-cone projection: UPGrad and DualProj -------------------------------------------------
 
 
@@ -93,8 +104,7 @@ def nonnegative_qp(
     primal-dual active-set method is tried first: it usually settles in a few steps.
     """
     n = c.shape[0]
-    scale = max(float(np.max(np.abs(np.diag(a)), initial=0.0)), float(np.max(np.abs(c))), 1e-300)
-    tol = 64 * EPS * scale
+    scale, tol = _qp_scale(a, c)
     guess = _primal_dual_active_set(a, c, start) if newton else None
     if guess is not None:
         return guess
@@ -126,6 +136,13 @@ def nonnegative_qp(
     return np.maximum(x, 0.0), free
 
 
+def _qp_scale(a: np.ndarray, c: np.ndarray) -> tuple[float, float]:
+    """Return (s, tol) for the nonnegative QP: s = max(max_i |A_ii|, max_i |c_i|), the size of its
+    gradients, and tol = 64 eps s, below which a reduced gradient is round-off."""
+    scale = max(float(np.max(np.abs(np.diag(a)), initial=0.0)), float(np.max(np.abs(c))), 1e-300)
+    return scale, 64 * EPS * scale
+
+
 def _primal_dual_active_set(
     a: np.ndarray, c: np.ndarray, start: np.ndarray | None, max_iter: int = 25
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -137,8 +154,7 @@ def _primal_dual_active_set(
     few steps; Lawson-Hanson's finite method takes over when it cycles.
     """
     n = c.shape[0]
-    scale = max(float(np.max(np.abs(np.diag(a)), initial=0.0)), float(np.max(np.abs(c))), 1e-300)
-    tol = 64 * EPS * scale
+    tol = _qp_scale(a, c)[1]
     free = (-c > 0) if start is None else start.copy()
     seen: set[bytes] = set()
     for _ in range(max_iter):

@@ -143,44 +143,18 @@ def _as_floats(values: object) -> list[float]:
     return [float(v) for v in values]  # type: ignore[union-attr]
 
 
-def _mgda(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
+def _solver(function: str, *, preference: bool = False, **fixed: object) -> Solver:
+    """Return the Solver calling `gradtool.linalg.solvers.<function>(G[, preference], **fixed)`,
+    imported on first use: the registry itself stays free of torch and numpy."""
 
-    return solvers.mgda(g)
+    def solve(g: np.ndarray, pref: np.ndarray | None) -> Solved:
+        from gradtool.linalg import solvers
 
+        args = (g, pref) if preference else (g,)
+        return getattr(solvers, function)(*args, **fixed)  # type: ignore[no-any-return]
 
-def _mean(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    import numpy as np
-
-    from gradtool.linalg.solvers import Solved
-
-    return Solved(np.full(g.shape[0], 1.0 / g.shape[0]), 0.0)
-
-
-def _sum(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    import numpy as np
-
-    from gradtool.linalg.solvers import Solved
-
-    return Solved(np.ones(g.shape[0]), 0.0)
-
-
-def _upgrad(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
-
-    return solvers.upgrad(g, pref)
-
-
-def _dualproj(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
-
-    return solvers.dualproj(g, pref)
-
-
-def _pcgrad(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
-
-    return solvers.pcgrad(g, pcgrad_order)
+    solve.__name__ = f"_{function}"
+    return solve
 
 
 def pcgrad_order(m: int) -> list[list[int]]:
@@ -194,51 +168,21 @@ def pcgrad_order(m: int) -> list[list[int]]:
         return [torch.randperm(m).tolist() for _ in range(m)]
 
 
-def _imtl_g(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
-
-    return solvers.imtl_g(g)
-
-
-def _aligned_mtl(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
-
-    return solvers.aligned_mtl(g, pref)
-
-
-def _cagrad(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
-
-    return solvers.cagrad(g, CAGRAD_C)
-
-
-def _nash_mtl(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
-
-    return solvers.nash_mtl(g)
-
-
-def _fairgrad(g: np.ndarray, pref: np.ndarray | None) -> Solved:
-    from gradtool.linalg import solvers
-
-    return solvers.fairgrad(g, FAIRGRAD_ALPHA)
-
-
 _METHODS: tuple[WeightingMethod, ...] = (
     WeightingMethod(
         "mgda",
         "MGDA",
         "min-norm point of the convex hull of the gradients, solved exactly",
-        _mgda,
+        _solver("mgda"),
         non_conflicting=True,
     ),
-    WeightingMethod("mean", "Mean", "1/m each: the gradient of the mean loss", _mean),
-    WeightingMethod("sum", "Sum", "1 each: the gradient of the summed loss", _sum),
+    WeightingMethod("mean", "Mean", "1/m each: the gradient of the mean loss", _solver("mean")),
+    WeightingMethod("sum", "Sum", "1 each: the gradient of the summed loss", _solver("sum_")),
     WeightingMethod(
         "upgrad",
         "UPGrad",
         "each gradient projected onto the dual cone of all of them, then averaged",
-        _upgrad,
+        _solver("upgrad", preference=True),
         takes_preference=True,
         non_conflicting=True,
     ),
@@ -246,7 +190,7 @@ _METHODS: tuple[WeightingMethod, ...] = (
         "dualproj",
         "DualProj",
         "the mean gradient projected onto the dual cone of the gradients",
-        _dualproj,
+        _solver("dualproj", preference=True),
         takes_preference=True,
         non_conflicting=True,
     ),
@@ -254,34 +198,34 @@ _METHODS: tuple[WeightingMethod, ...] = (
         "pcgrad",
         "PCGrad",
         "each gradient's conflicting components removed, then summed (seeded order)",
-        _pcgrad,
+        _solver("pcgrad", order=pcgrad_order),
         permutation_equivariant=False,
     ),
     WeightingMethod(
         "imtl_g",
         "IMTL-G",
         "equal projections of the direction on every unit gradient",
-        _imtl_g,
+        _solver("imtl_g"),
         needs_full_rank=True,
     ),
     WeightingMethod(
         "aligned_mtl",
         "Aligned-MTL",
         "principal components of the gradients rescaled to the smallest one",
-        _aligned_mtl,
+        _solver("aligned_mtl", preference=True),
         takes_preference=True,
     ),
     WeightingMethod(
         "cagrad",
         f"CAGrad (c={CAGRAD_C:g})",
         "largest worst-case decrease within a ball around the mean gradient",
-        _cagrad,
+        _solver("cagrad", c=CAGRAD_C),
     ),
     WeightingMethod(
         "nash_mtl",
         "Nash-MTL",
         "Nash bargaining solution G w = 1/w (first step, no norm clipping)",
-        _nash_mtl,
+        _solver("nash_mtl"),
         scale_exponent=-0.5,
         needs_full_rank=True,
     ),
@@ -289,7 +233,7 @@ _METHODS: tuple[WeightingMethod, ...] = (
         "fairgrad",
         f"FairGrad (alpha={FAIRGRAD_ALPHA:g})",
         f"alpha-fair utility: G w = w^(-1/alpha), alpha = {FAIRGRAD_ALPHA:g}",
-        _fairgrad,
+        _solver("fairgrad", alpha=FAIRGRAD_ALPHA),
         scale_exponent=-FAIRGRAD_ALPHA / (1.0 + FAIRGRAD_ALPHA),
         needs_full_rank=True,
     ),
