@@ -6,11 +6,16 @@ over batches; the per-block Gramians `G_b = J_b J_b^T` (float64) are formed at t
 several batches it also keeps each batch's whole-model Gramian, for per-batch cosine statistics.
 
 Strategies, behind `compute_gramians(problem, strategy=...)`:
+- "structured": layer Gramians from the layers' input rows and output gradients, without the
+  per-loss weight gradients, for every weight the autograd graph shows used only through linear,
+  convolution or embedding products (`gradtool.engine.structured`); the rest the plain way;
 - "batched": one `autograd.grad` call with `is_grads_batched=True` and identity grad_outputs;
 - "loop": one `autograd.grad(..., retain_graph=True)` per loss;
 - "backward": per-loss `.backward()` into `.grad` (saved and restored), the only way through a
   reentrant activation checkpoint, which `autograd.grad` refuses.
-"auto" tries "batched" and falls back to "loop" where vmap cannot run the model's backward, and
+"auto" runs the structured engine, which takes each covered weight by rows where that costs less
+(per weight and batch) and, where no weight does, runs what follows. It tries "batched" and falls
+back to "loop" where vmap cannot run the model's backward, and
 to "backward" where the graph holds a reentrant checkpoint. On the CPU, with at least
 `AUTO_LOOP_MIN_NUMEL` parameter values (0: always), "auto" runs "loop" directly: there the m
 passes are compute-bound, vmap saves no arithmetic, its batched backward carries every loss

@@ -27,6 +27,9 @@ class GramianAccumulator:
         # Non-finite counts of blocks added with keep=False (single batch, block not kept).
         self.unkept: list[torch.Tensor | None] = [None] * len(parameters)
         self.batch_gramian: torch.Tensor | None = None
+        # Blocks whose Gramian another engine formed (the structured one): (G_b, non-finite counts).
+        self.final: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.unformed: set[int] = set()  # losses with a block whose entries were never formed
         self.strategy = "auto"
         self.fallbacks: tuple[FallbackReason, ...] = ()
         self.count = 0
@@ -82,6 +85,25 @@ class GramianAccumulator:
             owned = data.dtype == acc and data.is_contiguous() and data.data_ptr() != 0
             self.sums[b] = data if owned else data.to(acc, copy=True).contiguous()
 
+    def add_batch_gramian(self, b: int, gram: torch.Tensor) -> None:
+        """Add block b's Gramian in the current batch, formed without its gradients."""
+        if self.batch_gramian is None:
+            raise RuntimeError("add_batch_gramian outside begin_batch / end_batch")
+        self.batch_gramian += gram.cpu()
+
+    def add_sum(self, b: int, block: torch.Tensor) -> None:
+        """Add an (m, numel) block to block b's running sum only (earlier batches' gradients)."""
+        total = self.sums[b]
+        if total is not None:
+            total.add_(block.detach().to(total.dtype))
+        else:
+            acc = torch.promote_types(block.dtype, torch.float32)
+            self.sums[b] = block.detach().to(acc, copy=True).contiguous()
+
+    def set_final(self, b: int, gram: torch.Tensor, nonfinite: torch.Tensor) -> None:
+        """Set block b's Gramian of the mean gradient (and its non-finite counts) outright."""
+        self.final[b] = (gram.cpu(), nonfinite.cpu())
+
     def end_batch(
         self,
         reached: Sequence[set[int]],
@@ -109,7 +131,12 @@ class GramianAccumulator:
         gramians = torch.zeros(P, m, m, dtype=torch.float64)
         nonfinite = torch.zeros(P, m, dtype=torch.int64)
         max_abs = torch.zeros(m, dtype=torch.float64)
+        for b, (gram, counts) in self.final.items():
+            gramians[b] = gram
+            nonfinite[b] = counts
         for b, total in enumerate(self.sums):
+            if b in self.final:
+                continue
             unkept, first = self.unkept[b], self.first_stats[b]
             if unkept is not None and first is not None:  # single batch, block not kept
                 gramians[b] = first[0]
@@ -132,7 +159,7 @@ class GramianAccumulator:
             param_names=self.names,
             param_numels=self.numels,
             gramians=gramians,
-            max_abs=max_abs.tolist(),
+            max_abs=[None if i in self.unformed else v for i, v in enumerate(max_abs.tolist())],
             nonfinite=nonfinite,
             reached=torch.tensor(self.reached, dtype=torch.bool).reshape(P, m),
             batch_gramians=torch.stack(self.batch_gramians) if count > 1 else None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from gradtool.engine.accumulator import GramianAccumulator
 from gradtool.engine.jacobian import batch_jacobian
 from gradtool.engine.low_memory import accumulate_batch, look_ahead
 from gradtool.engine.result import STRATEGIES, EngineResult, Strategy
+from gradtool.engine.structured import StructuredEngine
 from gradtool.errors import UsageError, opt
 from gradtool.problem import Problem
 
@@ -35,6 +36,8 @@ def compute_gramians(
     others = other_leaves(problem.model, params)
     acc = GramianAccumulator(problem.parameters)
     batches, single = look_ahead(problem.iter_batches())
+    if strategy == "structured" or (strategy == "auto" and not low_memory):
+        return _structured(problem, acc, batches, single, strategy, progress, retain_graph, others)
     for batch in batches:
         losses = problem.evaluate(batch)
         if low_memory:
@@ -58,6 +61,40 @@ def compute_gramians(
             progress(acc.count)
     result = acc.result()
     result.low_memory = low_memory
+    return result
+
+
+def _structured(
+    problem: Problem,
+    acc: GramianAccumulator,
+    batches: Iterable[object],
+    single: bool,
+    strategy: Strategy,
+    progress: Callable[[int], None] | None,
+    retain_graph: bool,
+    others: list[torch.Tensor],
+) -> EngineResult:
+    engine = StructuredEngine(
+        acc,
+        problem.parameters,
+        strategy=strategy,
+        single=single,
+        retain_graph=retain_graph,
+        other_leaves=others,
+    )
+    for batch in batches:
+        losses = problem.evaluate(batch)
+        engine.add(losses)
+        del losses
+        if progress is not None:
+            progress(acc.count)
+    engine.finish()
+    result = acc.result()
+    if engine.ran:
+        result.strategy = "structured"
+    if engine.ran or strategy == "structured":
+        result.paths = engine.paths()
+        result.uncovered = dict(engine.uncovered)
     return result
 
 

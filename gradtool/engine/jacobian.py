@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 
 from gradtool.engine.backward import backward_blocks
 from gradtool.engine.batched import batched_blocks, batched_failed
 from gradtool.engine.blocks import all_finite, check_compiled_backward, first_line
-from gradtool.engine.graph import reachable_parameters
+from gradtool.engine.graph import Reachability, reachable_parameters
 from gradtool.engine.loop import loop_blocks
 from gradtool.engine.result import BatchJacobian, Fallback, FallbackReason, Strategy
 from gradtool.errors import GradientError, opt
@@ -26,17 +27,31 @@ def batch_jacobian(
     retain_graph: bool = False,
     create_graph: bool = False,
     other_leaves: Sequence[torch.Tensor] = (),
+    reach: Reachability | None = None,
 ) -> BatchJacobian:
     """Return the per-loss gradients of `losses` w.r.t. `params`, one (m, numel) block each.
 
     `retain_graph` keeps the losses' graph for the caller's own backward afterwards;
     `create_graph` makes the returned gradients differentiable (for higher-order analyses);
-    `other_leaves` are tensors whose `.grad` the "backward" strategy must leave as it found them.
+    `other_leaves` are tensors whose `.grad` the "backward" strategy must leave as it found them;
+    `reach`, the losses' reachability when the caller has it already.
     """
+    if strategy == "structured":  # gradients are asked for: the structured engine forms none
+        jac = batch_jacobian(
+            losses,
+            params,
+            strategy="auto",
+            retain_graph=retain_graph,
+            create_graph=create_graph,
+            other_leaves=other_leaves,
+            reach=reach,
+        )
+        reason = FallbackReason.of(Fallback.STRUCTURED_GRADIENTS)
+        return replace(jac, fallbacks=(reason, *jac.fallbacks))
     tensors = [t.reshape(()) for t in losses.values()]
     names = list(losses)
     values = [float(t.detach().real) for t in tensors]
-    reach = reachable_parameters(tensors, params)
+    reach = reach or reachable_parameters(tensors, params)
     keep = retain_graph or create_graph
     check_compiled_backward(reach.compiled, len(tensors) + int(keep))
     if strategy == "backward" or (strategy == "auto" and reach.opaque):

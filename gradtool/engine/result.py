@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
 import torch
 
-Strategy = Literal["auto", "batched", "loop", "backward"]
-STRATEGIES: tuple[str, ...] = ("auto", "batched", "loop", "backward")
+Strategy = Literal["auto", "structured", "batched", "loop", "backward"]
+STRATEGIES: tuple[str, ...] = ("auto", "structured", "batched", "loop", "backward")
 
 
 class Fallback(str, Enum):
@@ -22,6 +22,10 @@ class Fallback(str, Enum):
     LOW_MEMORY_STRATEGY = "low_memory_strategy"
     LOW_MEMORY_CHECKPOINT = "low_memory_checkpoint"
     LOW_MEMORY_NO_HOOKS = "low_memory_no_hooks"
+    STRUCTURED_CHECKPOINT = "structured_checkpoint"
+    STRUCTURED_NONE = "structured_none"
+    STRUCTURED_UNAVAILABLE = "structured_unavailable"
+    STRUCTURED_GRADIENTS = "structured_gradients"
 
 
 _MESSAGES: dict[Fallback, str] = {
@@ -35,6 +39,14 @@ _MESSAGES: dict[Fallback, str] = {
     "checkpoint blocks",
     Fallback.LOW_MEMORY_NO_HOOKS: "low memory: this torch's batched backward does not expose "
     "gradients to hooks",
+    Fallback.STRUCTURED_CHECKPOINT: "the structured engine needs autograd.grad, which a "
+    "reentrant checkpoint blocks",
+    Fallback.STRUCTURED_NONE: "no parameter the structured engine takes more cheaply than "
+    "its gradient ({why})",
+    Fallback.STRUCTURED_UNAVAILABLE: "the structured engine needs gradients at autograd nodes "
+    "(torch.autograd.graph.GradientEdge), which this torch lacks",
+    Fallback.STRUCTURED_GRADIENTS: "this analysis steps along each loss's gradient, which the "
+    "structured engine never forms: auto ran",
 }
 
 
@@ -85,7 +97,9 @@ class EngineResult:
     param_names: list[str]
     param_numels: list[int]
     gramians: torch.Tensor  # (P, m, m) float64, on CPU
-    max_abs: list[float]  # per loss, over all selected parameters (NaN if non-finite entries)
+    # per loss, over all selected parameters (NaN if non-finite entries; None where the engine
+    # took a block's Gramian without forming its entries: the structured engine)
+    max_abs: list[float | None]
     nonfinite: torch.Tensor  # (P, m) int64: non-finite entries of each loss's gradient per block
     reached: torch.Tensor  # (P, m) bool: loss reaches the parameter in at least one batch
     batch_gramians: torch.Tensor | None  # (B, m, m) float64, or None with a single batch
@@ -93,6 +107,11 @@ class EngineResult:
     strategy: str
     fallbacks: tuple[FallbackReason, ...] = ()
     low_memory: bool = False  # the low-memory engine was asked (compute_gramians(low_memory=True))
+    # The structured engine: per layer class (linear, conv, embedding, other), how many parameter
+    # tensors had their Gramian taken from layer rows ("structured") or from their gradients
+    # ("gradient"); and, per parameter it could not cover, why. Empty when it did not run.
+    paths: dict[str, dict[str, int]] = field(default_factory=dict)
+    uncovered: dict[str, str] = field(default_factory=dict)
 
     @property
     def fallback_reason(self) -> str | None:

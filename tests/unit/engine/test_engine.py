@@ -13,7 +13,7 @@ from gradtool.engine import jacobian as engine
 from gradtool.errors import GradientError
 from gradtool.problem import Problem
 
-STRATEGIES = ["auto", "batched", "loop", "backward"]
+STRATEGIES = ["auto", "structured", "batched", "loop", "backward"]
 
 
 def two_heads(mode: str | None = None) -> TwoHeads:
