@@ -180,12 +180,22 @@ def build_report(
         meta={
             "strategy": result.strategy,
             "fallback_reason": result.fallback_reason,
+            **structured_meta(result),
             **(meta or {}),
         },
     )
     report.warnings = _warnings(report, result) + method_warnings
     report.verdict = verdict(report) + methods_verdict(methods or [], names)
     return report
+
+
+def structured_meta(result: EngineResult) -> dict[str, object]:
+    """Return what the structured engine did, for a document's meta: per layer class, how many
+    parameter tensors had their Gramian taken from layer rows or from their gradients, and why
+    each weight it could not cover was not (empty when it did not run)."""
+    if not result.paths:
+        return {}
+    return {"structured": {"paths": result.paths, "not_covered": result.uncovered}}
 
 
 def _batch_stats(batch_gramians: torch.Tensor, tau: float) -> BatchStats:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 class StrategyChoice(str, Enum):
     auto = "auto"
+    structured = "structured"
     batched = "batched"
     loop = "loop"
     backward = "backward"
@@ -67,8 +68,9 @@ StrategyOpt = Annotated[
     StrategyChoice,
     typer.Option(
         "--strategy",
-        help="Engine strategy (auto: the loop on the CPU, batched first elsewhere; backward "
-        "through reentrant checkpoints).",
+        help="Engine strategy (auto: layer Gramians from inputs and output gradients where "
+        "that is cheaper, else the loop on the CPU and batched first elsewhere; structured: "
+        "every weight it covers that way; backward: through reentrant checkpoints).",
     ),
 ]
 JsonOpt = Annotated[

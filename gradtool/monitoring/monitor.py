@@ -383,7 +383,11 @@ class Monitor:
                 raise
             self._skip_nonfinite(index, exc)
             return None
-        if self._strategy == "auto" and result.fell_back(Fallback.VMAP_FAILED):
+        if (
+            self._strategy == "auto"
+            and result.fell_back(Fallback.VMAP_FAILED)
+            and result.strategy != "structured"  # which would be lost; it falls back per step
+        ):
             self._strategy = "loop"  # vmap cannot run this model: do not retry it every record
         return record
 

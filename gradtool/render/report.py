@@ -8,7 +8,8 @@ index headers with a legend, tables split into blocks of columns, so that no cel
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.cells import cell_len
 from rich.console import Console, Group, RenderableType
@@ -77,7 +78,31 @@ def _header(report: Report, console: Console, verbose: bool) -> Text:
         text.append(f"\nstrategy {meta.get('strategy')}", style="dim")
         if meta.get("fallback_reason"):
             text.append(f" ({meta['fallback_reason']})", style="dim")
+        for line in structured_lines(meta):
+            text.append(f"\n{line}", style="dim")
     return text
+
+
+def structured_lines(meta: Mapping[str, Any]) -> list[str]:
+    """Return the structured engine's per-layer-class account from a document's meta."""
+    info = meta.get("structured")
+    if not isinstance(info, Mapping):
+        return []
+    parts = []
+    for kind, counts in info.get("paths", {}).items():
+        rows, grads = counts.get("structured", 0), counts.get("gradient", 0)
+        parts.append(f"{kind} {rows} of {rows + grads}")
+    lines = ["Gramians from layer rows (no gradient formed): " + ", ".join(parts)]
+    missed = info.get("not_covered") or {}
+    if missed:
+        shown = [f"{inert(name)} ({why})" for name, why in list(missed.items())[:3]]
+        more = len(missed) - len(shown)
+        lines.append(
+            "not covered, gradients formed: "
+            + "; ".join(shown)
+            + (f"; and {more} more" if more else "")
+        )
+    return lines
 
 
 def _losses_table(report: Report) -> RenderableType:
@@ -90,7 +115,12 @@ def _losses_table(report: Report) -> RenderableType:
             Column("loss", [name_text(n) for n in names], justify="left", style="bold"),
             Column("value", [fmt(report.loss_values[n]) for n in names]),
             Column("|g|", [fmt(g.norm) for g in grads]),
-            Column("max |g_k|", [fmt(g.max_abs) for g in grads]),
+            *(
+                [Column("max |g_k|", [fmt(g.max_abs) for g in grads])]
+                # the structured engine forms no entries of the blocks it takes from layer rows
+                if any(g.max_abs is not None or g.nonfinite for g in grads)
+                else []
+            ),
             Column("unused params", [f"{u}/{count}" if u else EMPTY for u in unused]),
         ]
     )

@@ -626,7 +626,7 @@ def test_nonfinite_gradients_print_no_table_and_no_numbers(
         assert "nan" not in result.stderr.lower().replace("(nan or inf)", "")
 
 
-@pytest.mark.parametrize("strategy", ["auto", "loop", "backward"])
+@pytest.mark.parametrize("strategy", ["auto", "structured", "loop", "backward"])
 def test_nonfinite_gradients_name_only_the_loss_that_has_them(
     runner: CliRunner, write_gradfile, strategy: str
 ) -> None:
