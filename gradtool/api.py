@@ -8,7 +8,7 @@ tensors of a training step. The CLI parses options into these requests and words
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from gradtool.analysis import (
     pareto_options,
 )
 from gradtool.analysis.affinity import check_lr
-from gradtool.engine import Strategy, compute_gramians
+from gradtool.engine import Strategy, compute_gramians, distributed
+from gradtool.engine.distributed import Group
 from gradtool.errors import UsageError, opt
 from gradtool.problem import (
     LoadOptions,
@@ -65,10 +66,19 @@ class AffinityRequest:
 
 
 def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None = None) -> Report:
-    """Return the Report for the gradfile of `request`: load, differentiate, analyse."""
-    problem = load_problem(request.gradfile, request.load)
+    """Return the Report for the gradfile of `request`: load, differentiate, analyse.
+
+    Under torchrun (detected from its environment) each rank takes batches k with k mod R equal
+    to its rank, and every rank returns the single-process run's result over all batches (see
+    `gradtool.engine.distributed`); a failure on one rank is an error on every rank.
+    """
+    problem, group = _load_distributed(request.gradfile, request.load)
     result = compute_gramians(
-        problem, strategy=request.strategy, progress=progress, low_memory=request.low_memory
+        problem,
+        strategy=request.strategy,
+        progress=progress,
+        low_memory=request.low_memory,
+        group=group,
     )
     meta: dict[str, object] = {
         **_versions(),
@@ -78,6 +88,7 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
         "eval_mode": request.load.eval_mode,
         "low_memory": request.low_memory,
         **_problem_meta(problem),
+        **_distributed_meta(group),
     }
     report = build_report(
         result,
@@ -104,7 +115,14 @@ def run_affinity(
             "batch",
             option="holdout",
         )
-    problem = load_problem(request.gradfile, request.load)
+    if request.holdout and distributed.launched_by_torchrun():
+        raise UsageError(
+            f"{opt('holdout')} evaluates each step on the next batch, which another rank holds: "
+            "it runs in a single process only",
+            hint="run it without torchrun, or drop the holdout to evaluate on the same batch",
+            option="holdout",
+        )
+    problem, group = _load_distributed(request.gradfile, request.load)
     report = lookahead_affinity(
         problem,
         request.lr,
@@ -113,6 +131,7 @@ def run_affinity(
         strategy=request.strategy,
         seed=request.load.seed or 0,
         progress=progress,
+        group=group,
     )
     report.meta.update(
         {
@@ -122,10 +141,36 @@ def run_affinity(
             "seed": request.load.seed,
             "eval_mode": request.load.eval_mode,
             **_problem_meta(problem),
+            **_distributed_meta(group),
         }
     )
     report.warnings = [*problem.notes, *report.warnings]
     return report
+
+
+def _load_distributed(gradfile: Path, load: LoadOptions) -> tuple[Problem, Group | None]:
+    """Return the problem of `gradfile`, and the torchrun process group (None outside one), each
+    rank taking its share of the batches; a load failing on any rank fails on every rank."""
+    group = distributed.init_from_env(load.device)
+    if group is None:
+        return load_problem(gradfile, load), None
+    load = replace(load, device=distributed.local_device(load.device) or load.device)
+    problem: Problem | None = None
+    error: BaseException | None = None
+    try:
+        problem = load_problem(gradfile, load)
+    except Exception as exc:
+        error = exc
+    distributed.agree(group, error)
+    assert problem is not None
+    problem.shard = (group.rank, group.world)
+    return problem, group
+
+
+def _distributed_meta(group: Group | None) -> dict[str, object]:
+    if group is None:
+        return {}
+    return {"distributed": {"world": group.world, "backend": distributed.backend()}}
 
 
 def run_report(

@@ -53,10 +53,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from gradtool.analysis.convert import to_list
 from gradtool.engine import Strategy, batch_jacobian, block_gramian, other_leaves
+from gradtool.engine.distributed import Group, agree
 from gradtool.errors import (
     LossError,
     NonFiniteGradientError,
@@ -124,6 +126,7 @@ def lookahead_affinity(
     strategy: Strategy = "auto",
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    group: Group | None = None,
 ) -> AffinityReport:
     """Return the lookahead affinities of `problem` at step size `lr` (see the module docstring).
 
@@ -131,32 +134,57 @@ def lookahead_affinity(
     batches; per method, the same for the step theta - lr d with d = sum_k w_k g_k. The model's
     parameters, buffers and `.grad` fields are exactly as before afterwards.
 
+    With a distributed `group` (torchrun), this rank evaluates its share of the batches (the
+    problem's `shard`) and the per-batch sums are added across ranks: every rank returns the
+    single-process result. `holdout` pairs each batch with the next one, on another rank, so it
+    runs in a single process only.
+
     Raises:
         UsageError: `lr` is not positive and finite, a method is unknown, or `holdout` with
-            fewer than two batches.
+            fewer than two batches (or with a `group`).
     """
     check_lr(lr)
     methods = list(check_methods(methods))
+    if holdout and group is not None:
+        raise UsageError(
+            f"{opt('holdout')} evaluates each step on the next batch, which another rank holds: "
+            "it runs in a single process only",
+            hint="run it without torchrun, or drop the holdout to evaluate on the same batch",
+            option="holdout",
+        )
     evaluator = _Evaluator(problem, strategy)
     sums: _Sums | None = None
     first: _Batch | None = None
     previous: _Batch | None = None
     count = 0
-    for k, data in enumerate(problem.iter_batches()):
-        batch = evaluator.gradient_pass(data, seed + k, methods)
-        if sums is None:
-            sums = _Sums(batch.values.shape[0], methods)
-        sums.values += batch.values
-        if not holdout:
-            evaluator.lookahead(batch, batch, lr, methods, sums)
-        elif previous is not None:
-            evaluator.lookahead(previous, batch, lr, methods, sums)
-        if first is None:
-            first = batch
-        previous = batch
-        count += 1
-        if progress is not None:
-            progress(count)
+    error: BaseException | None = None
+    try:
+        rank, world = problem.shard or (0, 1)
+        for k, data in enumerate(problem.iter_batches()):
+            # seeded by the batch's global index: the same RNG draws as in a single process
+            batch = evaluator.gradient_pass(data, seed + k * world + rank, methods)
+            if sums is None:
+                sums = _Sums(batch.values.shape[0], methods)
+            sums.values += batch.values
+            if not holdout:
+                evaluator.lookahead(batch, batch, lr, methods, sums)
+            elif previous is not None:
+                evaluator.lookahead(previous, batch, lr, methods, sums)
+            if first is None:
+                first = batch
+            previous = batch
+            count += 1
+            if progress is not None:
+                progress(count)
+    except Exception as exc:
+        if group is None:
+            raise
+        error = exc
+    if group is not None:
+        agree(group, error)
+        sums, count = _merge_ranks(group, sums, count, evaluator)
+        if sums is not None:
+            first = previous = first or _NO_BATCH  # only the holdout needs them
     if sums is None or first is None or previous is None:
         raise no_batch_error()
     if holdout:
@@ -173,6 +201,50 @@ def lookahead_affinity(
         {"strategy": evaluator.strategy_used, "fallback_reason": evaluator.fallback_reason}
     )
     return report
+
+
+_NO_BATCH: Any = object()  # a rank of a distributed run that had no batch of its own
+
+
+def _merge_ranks(
+    group: Group, sums: _Sums | None, count: int, evaluator: _Evaluator
+) -> tuple[_Sums | None, int]:
+    """Return the sums added over every rank (the same on each) and their batch count; the loss
+    names and the engine's account come from the first rank that had a batch."""
+    mine = (sums, count, evaluator.names, evaluator.strategy_used, evaluator.fallback_reason)
+    seen: list[Any] = [None] * group.world
+    dist.all_gather_object(seen, mine if count else None)
+    given = [s for s in seen if s is not None]
+    if not given:
+        return None, 0
+    total, names = given[0][0], given[0][2]
+    for other, _, other_names, _, _ in given[1:]:
+        if other_names != names:
+            raise UsageError(
+                "the ranks computed losses of different names: every rank must run the same losses",
+                hint="make `losses` return the same names on every batch",
+            )
+        _add_sums(total, other)
+    evaluator.names = names
+    evaluator.strategy_used, evaluator.fallback_reason = given[0][3], given[0][4]
+    return total, sum(s[1] for s in given)
+
+
+def _add_sums(total: _Sums, other: _Sums) -> None:
+    """Add `other`'s sums into `total` (sets united, first values kept, worst losses taken)."""
+    for key in ("z", "z1", "change", "change1", "values"):
+        setattr(total, key, getattr(total, key) + getattr(other, key))
+    total.count += other.count
+    for j, value in other.nonpositive.items():
+        total.nonpositive.setdefault(j, value)
+    total.nonfinite |= other.nonfinite
+    total.unmeasurable |= other.unmeasurable
+    for label, lost in other.lost.items():
+        total.lost[label] = max(total.lost.get(label, 0.0), lost)
+    total.dtypes |= other.dtypes
+    for name, steps in other.steps.items():
+        for key, value in steps.items():
+            total.steps[name][key] = total.steps[name][key] + value
 
 
 class _Scope(nn.Module):

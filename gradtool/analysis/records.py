@@ -62,4 +62,8 @@ def build_record(
         layers=layer_records,
         pareto=pareto_record,
         run=run,
+        world=result.world if result.world > 1 else None,
+        local=to_list(result.local_gramian)
+        if result.world > 1 and result.local_gramian is not None
+        else None,
     )

@@ -24,7 +24,13 @@ from gradtool.cli.options import (
     load_options,
     methods_option,
 )
-from gradtool.cli.output import batch_progress, check_output_path, emit, user_prints_to_stderr
+from gradtool.cli.output import (
+    batch_progress,
+    check_output_path,
+    emit,
+    secondary_rank,
+    user_prints_to_stderr,
+)
 
 
 @handle_errors
@@ -82,4 +88,6 @@ def affinity(
 
     with batch_progress() as advance, user_prints_to_stderr():
         report = run_affinity(request, progress=advance)
+    if secondary_rank():  # under torchrun, rank 0 alone prints and writes
+        return
     emit(report, json_out, output, lambda: render_affinity(report, make_console(), verbose=verbose))

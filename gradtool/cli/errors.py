@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from gradtool.cli.output import command_paths, escape, shown, stderr_console
+from gradtool.cli.output import command_paths, escape, secondary_rank, shown, stderr_console
 from gradtool.errors import GradtoolError, OptionValue, UsageError, UserCodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -80,6 +80,8 @@ def handle_errors(fn: F) -> F:
             try:
                 return fn(*args, **kwargs)
             except GradtoolError as exc:
+                if _quiet_rank(exc):
+                    raise typer.Exit(exc.exit_code) from None
                 _remove_stale(output, written)
                 if os.environ.get("GRADTOOL_DEBUG"):
                     raise
@@ -89,11 +91,19 @@ def handle_errors(fn: F) -> F:
                 if exc.exit_code:
                     _remove_stale(output, written)
                 raise
-            except BaseException:
+            except BaseException as exc:
+                if _quiet_rank(exc):
+                    raise typer.Exit(1) from None
                 _remove_stale(output, written)
                 raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def _quiet_rank(exc: BaseException) -> bool:
+    """Return whether `exc` is a failure every torchrun rank shares and this is not rank 0, which
+    words it once for all (see gradtool.engine.distributed.agree)."""
+    return secondary_rank() and bool(getattr(exc, "gradtool_relayed", False))
 
 
 def report_error(exc: GradtoolError) -> None:

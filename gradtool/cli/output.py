@@ -51,6 +51,15 @@ def emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], 
             err.print(f"[dim]wrote {escape(shown(output))}[/]")
 
 
+def secondary_rank() -> bool:
+    """Return whether this process is a torchrun rank other than 0: it prints nothing on stdout
+    and writes no file (read from torchrun's environment, without importing torch)."""
+    env = os.environ
+    if not all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")):
+        return False
+    return env["RANK"] != "0" and env["WORLD_SIZE"] not in ("0", "1")
+
+
 def check_plot_path(plot: Path) -> None:
     """Raise a `UsageError` unless `--plot` names an image file in an existing folder."""
     from gradtool.render.plots import SNAPSHOT_SUFFIXES, require_matplotlib
@@ -148,8 +157,9 @@ def _flush_c_stdio() -> None:
 
 @contextlib.contextmanager
 def batch_progress() -> Iterator[Callable[[int], None] | None]:
-    """Yield a callback showing batches done on stderr (transient), or None off a terminal."""
-    if not sys.stderr.isatty():
+    """Yield a callback showing batches done on stderr (transient), or None off a terminal (and
+    on torchrun ranks other than 0)."""
+    if not sys.stderr.isatty() or secondary_rank():
         yield None
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

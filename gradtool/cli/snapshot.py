@@ -42,6 +42,7 @@ from gradtool.cli.output import (
     check_plot_path,
     emit,
     escape,
+    secondary_rank,
     shown,
     stderr_console,
     user_prints_to_stderr,
@@ -171,6 +172,8 @@ def _execute(
 
     with batch_progress() as advance, user_prints_to_stderr():
         report = run_gradfile(request, progress=advance)
+    if secondary_rank():  # under torchrun, rank 0 alone prints and writes
+        return
     emit(report, json_out, output, lambda: render_report(report, make_console(), verbose=verbose))
     if plot is not None:
         from gradtool.render.plots import plot_snapshot

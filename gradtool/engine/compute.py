@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gradtool.engine.accumulator import GramianAccumulator
+from gradtool.engine.distributed import Group, agree, reduce_accumulator
 from gradtool.engine.jacobian import batch_jacobian
 from gradtool.engine.low_memory import accumulate_batch, look_ahead
 from gradtool.engine.result import STRATEGIES, EngineResult, Strategy
@@ -23,6 +24,7 @@ def compute_gramians(
     progress: Callable[[int], None] | None = None,
     low_memory: bool = False,
     retain_graph: bool = False,
+    group: Group | None = None,
 ) -> EngineResult:
     """Return the Gramians of the mean per-loss gradients of `problem` over its batches.
 
@@ -30,7 +32,13 @@ def compute_gramians(
     whole gradient is held: O(m x largest block) extra memory with one batch (see
     `gradtool.engine.low_memory`). `retain_graph` leaves the losses' graph for the caller's own
     backward (live losses: `analyze`, the Monitor). `progress(k)` is called after batch k.
+
+    `group` (a `gradtool.engine.distributed.Group`): this rank's batches are its share (the
+    problem's `shard`, or its own losses in DDP training), and the result is the global one, the
+    same on every rank: see `gradtool.engine.distributed`.
     """
+    if group is not None:
+        return _distributed(problem, group, strategy, progress, low_memory, retain_graph)
     check_strategy(strategy)
     params = [p for _, p in problem.parameters]
     others = other_leaves(problem.model, params)
@@ -38,6 +46,24 @@ def compute_gramians(
     batches, single = look_ahead(problem.iter_batches())
     if strategy == "structured" or (strategy == "auto" and not low_memory):
         return _structured(problem, acc, batches, single, strategy, progress, retain_graph, others)
+    _accumulate(problem, acc, batches, single, strategy, progress, low_memory, retain_graph, others)
+    result = acc.result()
+    result.low_memory = low_memory
+    return result
+
+
+def _accumulate(
+    problem: Problem,
+    acc: GramianAccumulator,
+    batches: Iterable[object],
+    single: bool,
+    strategy: Strategy,
+    progress: Callable[[int], None] | None,
+    low_memory: bool,
+    retain_graph: bool,
+    others: list[torch.Tensor],
+) -> None:
+    params = [p for _, p in problem.parameters]
     for batch in batches:
         losses = problem.evaluate(batch)
         if low_memory:
@@ -59,8 +85,54 @@ def compute_gramians(
         del losses
         if progress is not None:
             progress(acc.count)
-    result = acc.result()
+
+
+def _distributed(
+    problem: Problem,
+    group: Group,
+    strategy: Strategy,
+    progress: Callable[[int], None] | None,
+    low_memory: bool,
+    retain_graph: bool,
+) -> EngineResult:
+    """This rank's batches accumulated with every block's sum kept, then reduced across ranks."""
+    check_strategy(strategy)
+    params = [p for _, p in problem.parameters]
+    others = other_leaves(problem.model, params)
+    acc = GramianAccumulator(problem.parameters)
+    engine: StructuredEngine | None = None
+    error: BaseException | None = None
+    try:
+        batches = problem.iter_batches()
+        if strategy == "structured" or (strategy == "auto" and not low_memory):
+            engine = StructuredEngine(
+                acc,
+                problem.parameters,
+                strategy=strategy,
+                single=False,
+                retain_graph=retain_graph,
+                other_leaves=others,
+                materialise=True,
+            )
+            for batch in batches:
+                losses = problem.evaluate(batch)
+                engine.add(losses)
+                del losses
+                if progress is not None:
+                    progress(acc.count)
+        else:
+            _accumulate(
+                problem, acc, batches, False, strategy, progress, low_memory, retain_graph, others
+            )
+    except Exception as exc:
+        error = exc
+    agree(group, error)
+    result = reduce_accumulator(acc, group)
     result.low_memory = low_memory
+    if engine is not None and engine.ran:
+        result.strategy = "structured"
+        result.paths = engine.paths()
+        result.uncovered = dict(engine.uncovered)
     return result
 
 

@@ -112,6 +112,10 @@ class EngineResult:
     # ("gradient"); and, per parameter it could not cover, why. Empty when it did not run.
     paths: dict[str, dict[str, int]] = field(default_factory=dict)
     uncovered: dict[str, str] = field(default_factory=dict)
+    # Distributed runs: the number of ranks reduced over, and (when each rank had one batch, as in
+    # DDP training) the mean over ranks of the rank-local Gramians, a smaller batch's Gramian.
+    world: int = 1
+    local_gramian: torch.Tensor | None = None
 
     @property
     def fallback_reason(self) -> str | None:

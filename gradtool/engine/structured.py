@@ -82,8 +82,12 @@ class StructuredEngine:
         single: bool,
         retain_graph: bool = False,
         other_leaves: Sequence[torch.Tensor] = (),
+        materialise: bool = False,
     ) -> None:
         self.acc = acc
+        # Sum every structured block's gradients after its batch Gramian (a distributed run
+        # reduces the sums across ranks): nothing held, nothing set outright.
+        self.materialise = materialise
         self.names = [n for n, _ in parameters]
         self.params = [p for _, p in parameters]
         self.strategy = strategy
@@ -249,7 +253,7 @@ class StructuredEngine:
             layer = ghost.concat(filled)
             self._take(b, layer, m)
             for i, found in enumerate(reached_by_graph):
-                if b in found:
+                if b in found and not self.materialise:
                     self.acc.unformed.add(i)
         reached = [r | g for r, g in zip(reached_by_graph, via_grad, strict=True)]
         self.ran = True
@@ -320,6 +324,10 @@ class StructuredEngine:
         st.structured = True
         gram = ghost.gramian(layer)
         self.acc.add_batch_gramian(b, gram)
+        if self.materialise:
+            dtype = torch.promote_types(self.params[b].dtype, torch.float32)
+            self.acc.add_sum(b, ghost.materialise(layer, self.params[b].shape, dtype))
+            return
         if self.single:
             self.acc.set_final(b, gram, self._counts(b, layer, gram, 1.0))
             return

@@ -58,6 +58,7 @@ from gradtool.analysis.convert import to_list
 from gradtool.analysis.records import build_record
 from gradtool.analysis.report import DEFAULT_DEPTH, ParetoOptions, pareto_options
 from gradtool.engine import Fallback, Strategy, check_strategy, compute_gramians
+from gradtool.engine.distributed import Group, current_group
 from gradtool.errors import (
     GradientError,
     LossError,
@@ -103,6 +104,12 @@ class Monitor:
             checkpoint) to continue its run. Default: a new random id.
         resume: continue the run the file ends with (its id), e.g. after a restart from a
             checkpoint; a new run when the file holds none.
+        distributed: in DDP training (a `torch.distributed` process group of several ranks,
+            every rank calling `step` at the same steps), record the Gramian of the global
+            batch's per-loss gradients (what DDP's averaged gradient is, per loss), reduced
+            across ranks, beside the mean rank-local one (`local`); rank 0 alone writes.
+            None (default): when such a group is initialised at construction; False: this
+            rank's own batch only.
 
     Raises:
         ValueError: an argument is out of range, or `path` is a directory.
@@ -124,6 +131,7 @@ class Monitor:
         append: bool = True,
         run_id: str | None = None,
         resume: bool = False,
+        distributed: bool | None = None,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise UsageError(f"{opt('every')} should be an integer >= 1; found {every!r}")
@@ -176,14 +184,22 @@ class Monitor:
         self.skipped = 0
         self.dropped = 0
         self.last: Record | None = None
+        self._group = _group(distributed)
+        self._writes = self._group is None or self._group.rank == 0  # rank 0 alone writes
         self.run_id: str | None = run_id if run_id is not None else uuid.uuid4().hex[:12]
-        if resume:
+        if resume and self._writes:
             self.run_id = self._resumed_id()
+        if self._group is not None:  # every rank's records carry rank 0's run id
+            shared: list[Any] = [self.run_id]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            self.run_id = shared[0]
         self._write_warned = False
         self._compile_warned = False
         self._torn = False  # a failed write may have left part of a line: end it first
+        self._closed = False
         self._file: _AppendFile | None = None
-        self._file = self._open(meta, append)
+        if self._writes:
+            self._file = self._open(meta, append)
 
     # -- the training-loop call -------------------------------------------------------------
 
@@ -210,7 +226,7 @@ class Monitor:
         self._calls += 1
         if index % self.every or index == self._last_step:
             return None
-        if self._file is None:
+        if self._closed:
             raise UsageError(
                 f"this Monitor is closed; {self.path} takes no more records", reason="closed"
             )
@@ -247,11 +263,12 @@ class Monitor:
     @property
     def closed(self) -> bool:
         """Return whether `close()` was called."""
-        return self._file is None
+        return self._closed
 
     def close(self) -> None:
         """Close the run log; later recorded steps raise. Never raises itself: a failure to
         close (the last records may not have reached the disk) is a RuntimeWarning."""
+        self._closed = True
         fh, self._file = self._file, None
         if fh is None:
             return
@@ -277,7 +294,7 @@ class Monitor:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._file is None else "open"
+        state = "closed" if self._closed else "open"
         return (
             f"Monitor({str(self.path)!r}, every={self.every}, run_id={self.run_id!r}, "
             f"records={self._records}, dropped={self.dropped}, {state})"
@@ -313,8 +330,11 @@ class Monitor:
     def _emit(self, line: str) -> bool:
         """Append `line` to the run log in one write (then fsync); return whether it got there.
 
-        A failure warns once per Monitor and is otherwise silent: the training goes on.
+        A failure warns once per Monitor and is otherwise silent: the training goes on. Ranks
+        other than 0 of a distributed run write nothing.
         """
+        if not self._writes:
+            return True
         fh = self._file
         assert fh is not None
         data = ("\n" if self._torn else "").encode() + line.encode("utf-8") + b"\n"
@@ -357,11 +377,13 @@ class Monitor:
     def _analyze(
         self, model: nn.Module, losses: Mapping[str, torch.Tensor], index: int
     ) -> Record | None:
-        model = _uncompiled(model)
+        model = _unwrapped(_uncompiled(model))
         params = self._parameters(model) if callable(self._parameters) else self._parameters
         try:
             problem = Problem.live(model, losses, params)
-            result = compute_gramians(problem, strategy=self._strategy, retain_graph=True)
+            result = compute_gramians(
+                problem, strategy=self._strategy, retain_graph=True, group=self._group
+            )
             record = build_record(
                 result,
                 step=index,
@@ -455,6 +477,36 @@ def _ends_without_newline(path: Path) -> bool:
             return fh.read(1) != b"\n"
     except OSError:
         return False
+
+
+def _group(distributed: bool | None) -> Group | None:
+    """Return the process group a Monitor reduces over (see `Monitor(distributed=...)`)."""
+    if distributed is not None and not isinstance(distributed, bool):
+        raise UsageError(
+            f"{opt('distributed')} should be True, False or None; found {distributed!r}"
+        )
+    if distributed is False:
+        return None
+    group = current_group()
+    if group is None and distributed:
+        raise UsageError(
+            f"{opt('distributed', True)} needs an initialised torch.distributed process group "
+            "of two or more ranks",
+            hint="call torch.distributed.init_process_group first (torchrun sets up its "
+            "environment), or leave distributed out",
+            option="distributed",
+        )
+    return group
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """Return the module a DistributedDataParallel wraps (its parameters, under their own
+    names), else `model`."""
+    if type(model).__name__ == "DistributedDataParallel" and isinstance(
+        getattr(model, "module", None), nn.Module
+    ):
+        return model.module
+    return model
 
 
 def _uncompiled(model: nn.Module) -> nn.Module:

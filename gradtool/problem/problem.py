@@ -42,6 +42,8 @@ class Problem:
     source: Path | None = None
     notes: list[str] = field(default_factory=list)  # e.g. checkpoint keys the model does not use
     checkpoint: dict[str, object] | None = None  # what loading a checkpoint did (for a report)
+    # (rank, world): this process takes batch k only where k % world == rank (distributed runs)
+    shard: tuple[int, int] | None = None
     _names: list[str] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -62,6 +64,18 @@ class Problem:
             if parameters is None
             else named_parameters(parameters, model, what=opt("parameters"), error=UsageError)
         )
+        sharded = [n for n, p in named if type(p).__name__ == "DTensor"]
+        if sharded:
+            raise UsageError(
+                f"parameter {sharded[0]!r} is a DTensor shard (FSDP's fully_shard, or tensor "
+                "parallelism): gradtool does not support sharded parameters yet (its per-loss "
+                "passes would also run FSDP's unshard and reduce-scatter hooks, which belong to "
+                "your backward)",
+                hint="record with DistributedDataParallel (exact global Gramians), or analyse a "
+                "non-sharded copy of the model on the same batch",
+                option="parameters",
+                reason="sharded_parameters",
+            )
         if not named:
             raise UsageError(
                 f"{opt('parameters')} selects no parameter"
@@ -74,9 +88,15 @@ class Problem:
         return cls(model=model, losses=lambda _model: losses, parameters=named)
 
     def iter_batches(self) -> Iterator[Any]:
-        """Yield each batch (moved to `device`), or a single `None` when there are no batches."""
+        """Yield each batch (moved to `device`), or a single `None` when there are no batches.
+
+        With a `shard` (rank, world), only the batches k with k % world == rank (rank 0 takes
+        the `None` of a gradfile without batches); the others are fetched and dropped.
+        """
+        rank, world = self.shard or (0, 1)
         if self.batches is None:
-            yield None
+            if rank == 0:
+                yield None
             return
         i = 0
         try:
@@ -98,7 +118,8 @@ class Problem:
                 if self.source is None:
                     raise
                 raise self._batches_error(exc, i) from exc
-            yield move_to_device(batch, self.device) if self.device is not None else batch
+            if i % world == rank:
+                yield move_to_device(batch, self.device) if self.device is not None else batch
             i += 1
 
     def user_code(self) -> contextlib.AbstractContextManager[None]:

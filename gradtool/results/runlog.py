@@ -119,6 +119,10 @@ class Record:
     parameters: dict[str, int] | None = None
     time: float | None = None
     run: str | None = None
+    # Distributed training: `dot` is the global batch's Gramian over `world` ranks, and `local`
+    # the mean over ranks of the rank-local Gramians (each rank's share of the batch).
+    world: int | None = None
+    local: Matrix | None = None
     line: int | None = field(default=None, compare=False, repr=False)
 
     def gramian(self) -> list[list[float]]:
@@ -147,6 +151,9 @@ class Record:
                 ],
             }
         )
+        if self.world is not None:
+            body["world"] = self.world
+            body["local"] = self.local
         if self.pareto is not None:
             p = self.pareto
             body["pareto"] = {
@@ -192,6 +199,8 @@ class Record:
             )
         norms = obj.get("norms")
         cosine = obj.get("cosine")
+        world = obj.get("world")
+        local = obj.get("local")
         return cls(
             step=check.integer(obj, "step"),
             losses=losses,
@@ -204,6 +213,8 @@ class Record:
             parameters=_counts(obj.get("parameters")),
             time=_finite(obj.get("time")),
             run=_run_id(obj),
+            world=check.integer(obj, "world") if world is not None else None,
+            local=check.matrix(obj, "local", m) if local is not None else None,
         )
 
 
