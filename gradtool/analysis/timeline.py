@@ -8,6 +8,12 @@ tau is the conflict threshold (`conflict_threshold`, default 0.05, as for a snap
 `gradtool.analysis.report`). Each record is judged on its own, and fractions count the records
 where the cosine is defined.
 
+Records written under DDP (`world` = R ranks, `local` = the mean rank-local Gramian L beside
+the global batch's G) also give a gradient-noise estimate per loss (McCandlish et al. 2018,
+appendix A.1, from the batch sizes b and R b), see `noise_timeline`:
+
+    S = (R G_ii - L_ii) / (R - 1),   N = R (L_ii - G_ii) / (R - 1),   noise scale = N / S.
+
 The report is plain data, serialisable like `Report` (schema_version 1, NaN as null); the
 renderer and the plots only format it.
 """
@@ -24,12 +30,15 @@ from gradtool.analysis.convert import to_list
 from gradtool.analysis.report import DEFAULT_CONFLICT_THRESHOLD, check_conflict_threshold
 from gradtool.linalg import gramian as gm
 from gradtool.linalg.pareto import pareto_solution
+from gradtool.results.base import nan_for_none
 from gradtool.results.report import conflict_line, inert
 from gradtool.results.runlog import Record, RunLog
 from gradtool.results.timeline import (
     LayerTimeline,
     LossTimeline,
     MgdaRow,
+    NoiseRow,
+    NoiseTimeline,
     PairTimeline,
     Series,
     TimelineReport,
@@ -102,6 +111,14 @@ def build_timeline(
         layer_names=layer_names,
         layer_lowest_cos=lowest,
     )
+    noise = noise_timeline(records, names)
+    worlds = sorted({r.world for r in records if _has_noise(r) and r.world is not None})
+    if len(worlds) > 1:
+        warnings.append(
+            f"records were written by {' and '.join(map(str, worlds))} ranks: each record's "
+            "gradient-noise estimate uses its own number of ranks (the noise is per rank's "
+            "batch, comparable across records only if each rank's batch size stayed the same)"
+        )
     report = TimelineReport(
         source=source,
         losses=names,
@@ -121,6 +138,7 @@ def build_timeline(
         series=series,
         warnings=warnings,
         meta=meta,
+        noise=noise,
     )
     report.verdict = timeline_verdict(report)
     return report
@@ -289,6 +307,72 @@ def _layers(
     return list(order), lowest, layers
 
 
+def _has_noise(record: Record) -> bool:
+    """Return whether a record can give a noise estimate: a rank-local Gramian, 2+ ranks."""
+    return record.local is not None and record.world is not None and record.world >= 2
+
+
+def noise_timeline(records: Sequence[Record], names: list[str]) -> NoiseTimeline | None:
+    """Return the per-loss gradient-noise estimates of the DDP records (None if there are none).
+
+    For a record of R ranks, G = `dot` (the global batch, R b samples) and L = `local` (one
+    rank's b samples, averaged over ranks), and E G_ii = |g|^2 + tr(Sigma)/(R b), E L_ii =
+    |g|^2 + tr(Sigma)/b, so S = (R G_ii - L_ii)/(R - 1) estimates |g|^2 without bias and
+    N = R (L_ii - G_ii)/(R - 1) estimates tr(Sigma)/b (McCandlish et al. 2018, appendix A.1).
+    Over the run: the mean of the per-record S and of N (each estimate is noisy, its mean less
+    so), then the noise scale N/S = B_simple/b and share N/(N + S) of the means, None where S <= 0.
+    """
+    chosen = [
+        (r, r.world, r.local)
+        for r in records
+        if r.local is not None and r.world is not None and r.world >= 2
+    ]
+    if not chosen:
+        return None
+    signal, noise = [], []
+    for record, world, local in chosen:
+        g = torch.tensor(record.gramian(), dtype=torch.float64).diagonal()
+        loc = torch.tensor(nan_for_none(local), dtype=torch.float64).diagonal()
+        signal.append((world * g - loc) / (world - 1))
+        noise.append(world * (loc - g) / (world - 1))
+    s, n = torch.stack(signal), torch.stack(noise)  # (K, m)
+    defined = torch.isfinite(s) & torch.isfinite(n)
+    rows = []
+    for i, name in enumerate(names):
+        ok = defined[:, i]
+        count = int(ok.sum())
+        mean_s = _f(s[ok, i].mean()) if count else None
+        mean_n = _f(n[ok, i].mean()) if count else None
+        end_s, end_n = _f(s[-1, i]), _f(n[-1, i])
+        rows.append(
+            NoiseRow(
+                name=name,
+                records=count,
+                signal=mean_s,
+                noise=mean_n,
+                noise_share=_ratio(mean_n, mean_s, share=True),
+                noise_scale=_ratio(mean_n, mean_s),
+                signal_end=end_s,
+                noise_end=end_n,
+                noise_scale_end=_ratio(end_n, end_s),
+            )
+        )
+    last, world, _ = chosen[-1]
+    return NoiseTimeline(
+        world=world,
+        records=len(chosen),
+        last_step=last.step,
+        rows=rows,
+    )
+
+
+def _ratio(noise: float | None, signal: float | None, *, share: bool = False) -> float | None:
+    """Return noise / signal (noise / (noise + signal) if `share`); None unless signal > 0."""
+    if noise is None or signal is None or signal <= 0:
+        return None
+    return _f(noise / (noise + signal) if share else noise / signal)
+
+
 def downsample(values: Sequence[float | None], points: int) -> Series:
     """Return `values` cut into at most `points` contiguous bins, each replaced by the mean of its
     finite entries (None for a bin without any)."""
@@ -374,4 +458,31 @@ def timeline_verdict(report: TimelineReport) -> list[str]:
             f"Pareto-stationary (MGDA min-norm ~0) at {frac:.0%} of records, "
             f"first at step {report.mgda_first_stationary_step}"
         )
+    lines += noise_verdict(report.noise)
     return lines or ["nothing to compare"]
+
+
+def noise_verdict(noise: NoiseTimeline | None) -> list[str]:
+    """Return the gradient-noise sentences of a DDP run: each loss's noise scale N/S (in units of
+    one rank's batch), and a warning for the losses whose signal estimate S is not positive."""
+    if noise is None:
+        return []
+    lines = []
+    shown = [r for r in noise.rows if r.noise_scale is not None]
+    if shown:
+        scales = " / ".join(f"{r.noise_scale:.3g}x" for r in shown)
+        names = " / ".join(inert(r.name) for r in shown)
+        what = "the noise scale is" if len(shown) == 1 else "the noise scales are"
+        lines.append(
+            f"gradient noise (DDP, {noise.world} ranks): {what} {scales} one rank's batch for "
+            f"{names} (above {noise.world}, the global batch is below the noise scale)"
+        )
+    unresolved = [r for r in noise.rows if r.records and r.noise_scale is None]
+    if unresolved:
+        names = ", ".join(inert(r.name) for r in unresolved)
+        lines.append(
+            f"the gradient of {names} is mostly noise at this batch size: its signal estimate "
+            "(R |g_global|^2 - |g_rank|^2)/(R - 1) is not positive, so the noise scale is "
+            "undefined; the batch (even the global one) is below the noise scale"
+        )
+    return lines

@@ -4,6 +4,7 @@
 
 Trends are sparklines of the report's downsampled series, scaled to each row's own range (the
 min / max columns give the numbers); a cosine bin the analysis flagged as a conflict is red.
+A run recorded under DDP gets a gradient-noise table (its numbers from the analysis too).
 Tables are split into blocks of columns where they do not fit the console's width.
 """
 
@@ -32,13 +33,14 @@ from gradtool.render.common import (
     trend_style,
 )
 from gradtool.results.report import conflict_line
-from gradtool.results.timeline import LayerTimeline, TimelineReport
+from gradtool.results.timeline import LayerTimeline, NoiseTimeline, TimelineReport
 
 BARS = "▁▂▃▄▅▆▇█"
 
 
 def render_timeline(report: TimelineReport, console: Console) -> None:
-    """Print the timeline's tables to `console`: header, pairs, norms, MGDA weights, layers."""
+    """Print the timeline's tables to `console`: header, pairs, norms, MGDA weights, layers,
+    gradient noise (DDP runs)."""
     show(console, _header(report, console))
     if report.pairs:
         show(console, _pairs_table(report, console))
@@ -48,6 +50,8 @@ def render_timeline(report: TimelineReport, console: Console) -> None:
     layers = _layers_table(report, console)
     if layers is not None:
         show(console, layers)
+    if report.noise is not None:
+        show(console, _noise_table(report.noise, report.num_records, console))
     print_verdict(console, report.verdict)
 
 
@@ -275,3 +279,43 @@ def _layer_share(layer: LayerTimeline) -> Text | str:
     if layer.records == 0:  # fewer than two losses have a gradient here: no cosine
         return Text("no pair", style="dim")
     return _share(layer.conflict_records, layer.records)
+
+
+def _noise_table(noise: NoiseTimeline, total: int, console: Console) -> RenderableType:
+    """Return the gradient-noise table of a DDP run: per loss the mean signal |g|^2, the noise of
+    one rank's batch, its share, the noise scale N/S (x one rank's batch), the last record's;
+    `total`: the run's records."""
+    rows = noise.rows
+    label = Column("loss", [name_text(r.name, "bold") for r in rows], justify="left")
+    groups = [
+        [
+            Column("signal |g|^2", [fmt(r.signal, 3) for r in rows]),
+            Column("noise (1 rank)", [fmt(r.noise, 3) for r in rows]),
+            Column("share", [_percent(r.noise_share) for r in rows]),
+        ],
+        [
+            Column("noise scale", [_times(r.noise_scale) for r in rows]),
+            Column(f"at step {noise.last_step}", [_times(r.noise_scale_end) for r in rows]),
+        ],
+    ]
+    ranks = f"{noise.world} rank" + ("" if noise.world == 1 else "s")
+    tables = blocks_of(console, f"Gradient noise (DDP, {ranks})", [label], groups)
+    shown = f"{noise.records}" if noise.records == total else f"{noise.records} of {total}"
+    note = notes(
+        console,
+        f"mean over the {shown} records with a rank-local Gramian; R ranks; "
+        "G / L: |g|^2 of the global / one rank's batch",
+        "signal: (R G - L)/(R - 1); noise: R (L - G)/(R - 1) = tr(Sigma)/b, one rank's batch b; "
+        "share: noise / (noise + signal)",
+        "noise scale: noise / signal = B_simple / b (McCandlish et al. 2018); "
+        f"above {noise.world}: the global batch is below it; --: signal <= 0 (noise dominates)",
+    )
+    return Group(*tables, note)
+
+
+def _times(x: float | None) -> str:
+    return EMPTY if x is None else f"{fmt(x, 3)}x"
+
+
+def _percent(x: float | None) -> str:
+    return EMPTY if x is None else f"{x:.0%}"

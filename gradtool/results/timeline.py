@@ -3,6 +3,10 @@
 A record's cosine is a conflict when it is below `-conflict_threshold`; the analysis stores that
 decision as flags beside the raw cosines, and fractions count the records where the cosine is
 defined.
+
+Runs recorded under DDP (records with `world` ranks and a rank-local Gramian `local`) also get a
+gradient-noise section (`noise`, null otherwise), estimated from the two batch sizes as in
+McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", appendix A.1.
 """
 
 from __future__ import annotations
@@ -103,6 +107,39 @@ class LayerTimeline:
 
 
 @dataclass
+class NoiseRow:
+    """One loss's gradient-noise estimate, from the records of a DDP run (R ranks, batch b each).
+
+    signal S = (R G - L) / (R - 1) estimates |E g|^2, noise N = R (L - G) / (R - 1) estimates
+    tr(Sigma) / b (the noise of one rank's batch gradient), where G is the global batch's Gramian
+    and L the mean rank-local one; noise_scale = N / S = B_simple / b (the critical batch size in
+    units of one rank's batch), noise_share = N / (N + S). Averages are means of the per-record S
+    and N, then their ratio; a ratio is None where S <= 0 (the noise swamps the signal).
+    """
+
+    name: str
+    records: int  # records where this loss's S and N are both defined
+    signal: float | None  # mean S over those records
+    noise: float | None  # mean N over those records
+    noise_share: float | None  # noise / (noise + signal); None where signal <= 0
+    noise_scale: float | None  # noise / signal (x one rank's batch); None where signal <= 0
+    signal_end: float | None  # S at the last record with a rank-local Gramian
+    noise_end: float | None
+    noise_scale_end: float | None
+
+
+@dataclass
+class NoiseTimeline:
+    """The gradient-noise section of a DDP run: `world` ranks (the last such record's), the
+    `records` that hold a rank-local Gramian (the last at `last_step`), one row per loss."""
+
+    world: int
+    records: int
+    last_step: int
+    rows: list[NoiseRow]
+
+
+@dataclass
 class TimelineSeries:
     """Per-record values, one entry per step, for plots and machine readers."""
 
@@ -137,5 +174,6 @@ class TimelineReport(Document):
     verdict: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    noise: NoiseTimeline | None = None  # only for runs recorded under DDP (records with `local`)
 
     _fixed: ClassVar[dict[str, Any]] = {"command": "report"}
