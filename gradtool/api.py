@@ -26,6 +26,7 @@ from gradtool.analysis import (
     pareto_options,
 )
 from gradtool.analysis.affinity import check_lr
+from gradtool.analysis.layers import GroupsArg, check_groups, group_by_globs
 from gradtool.engine import Strategy, compute_gramians, distributed
 from gradtool.engine.distributed import Group
 from gradtool.errors import UsageError, opt
@@ -34,6 +35,7 @@ from gradtool.problem import (
     Problem,
     frozen_parameters,
     load_problem,
+    parameter_aliases,
     tied_parameters,
 )
 from gradtool.results import AffinityReport, Report, TimelineReport, read_run
@@ -51,6 +53,9 @@ class InspectRequest:
     pareto: ParetoOptions | None = None
     low_memory: bool = False  # per-block Gramians as gradients arrive (gradtool.engine.low_memory)
     conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD  # a cosine below -this is a conflict
+    # Parameter groups across modules: name -> glob(s) on the dotted parameter names; a table
+    # beside the layers (`Report.groups`).
+    groups: GroupsArg | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,10 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
     to its rank, and every rank returns the single-process run's result over all batches (see
     `gradtool.engine.distributed`); a failure on one rank is an error on every rank.
     """
-    problem, group = _load_distributed(request.gradfile, request.load)
+    groups = check_groups(request.groups)
+    problem, group = _load_distributed(
+        request.gradfile, request.load, check=lambda problem: _check_groups(problem, groups)
+    )
     result = compute_gramians(
         problem,
         strategy=request.strategy,
@@ -97,9 +105,19 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
         pareto=request.pareto,
         meta=meta,
         conflict_threshold=request.conflict_threshold,
+        groups=groups,
+        aliases=parameter_aliases(problem.model) if groups else None,
     )
     report.warnings = [*problem.notes, *report.warnings]
     return report
+
+
+def _check_groups(problem: Problem, groups: dict[str, tuple[str, ...]] | None) -> None:
+    """Raise a `UsageError` when a glob of `groups` matches none of the problem's parameters
+    (before any gradient is taken)."""
+    if groups:
+        names = [name for name, _ in problem.parameters]
+        group_by_globs(names, groups, aliases=parameter_aliases(problem.model))
 
 
 def run_affinity(
@@ -148,17 +166,25 @@ def run_affinity(
     return report
 
 
-def _load_distributed(gradfile: Path, load: LoadOptions) -> tuple[Problem, Group | None]:
+def _load_distributed(
+    gradfile: Path, load: LoadOptions, check: Callable[[Problem], None] | None = None
+) -> tuple[Problem, Group | None]:
     """Return the problem of `gradfile`, and the torchrun process group (None outside one), each
-    rank taking its share of the batches; a load failing on any rank fails on every rank."""
+    rank taking its share of the batches; a load (or `check` of the loaded problem) failing on
+    any rank fails on every rank."""
     group = distributed.init_from_env(load.device)
     if group is None:
-        return load_problem(gradfile, load), None
+        loaded = load_problem(gradfile, load)
+        if check is not None:
+            check(loaded)
+        return loaded, None
     load = replace(load, device=distributed.local_device(load.device) or load.device)
     problem: Problem | None = None
     error: BaseException | None = None
     try:
         problem = load_problem(gradfile, load)
+        if check is not None:
+            check(problem)
     except Exception as exc:
         error = exc
     distributed.agree(group, error)
@@ -195,15 +221,21 @@ def analyze(
     strategy: Strategy = "auto",
     retain_graph: bool = True,
     conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
+    groups: GroupsArg | None = None,
 ) -> Report:
     """Return the Report for live loss tensors of `model`, as `gradtool inspect` would.
 
     `losses` maps names to scalar tensors that share the model's graph; `parameters` defaults to
     every parameter of `model` that requires grad. `pareto`: True (or `ParetoOptions`) adds the
-    MGDA section; a pair conflicts where cos < -conflict_threshold. The graph is retained (so
-    the caller's own `backward` still works) unless `retain_graph=False`; no `.grad` is touched.
+    MGDA section; a pair conflicts where cos < -conflict_threshold. `groups` maps a name to
+    one glob or a list of globs on the dotted parameter names (`{"attention": "*.attn.*"}`):
+    each group's norms and cosines over its parameters, across modules (`Report.groups`). The
+    graph is retained (so the caller's own `backward` still works) unless
+    `retain_graph=False`; no `.grad` is touched.
     """
+    checked = check_groups(groups)
     problem = Problem.live(model, losses, parameters)
+    _check_groups(problem, checked)
     result = compute_gramians(problem, strategy=strategy, retain_graph=retain_graph)
     return build_report(
         result,
@@ -212,6 +244,8 @@ def analyze(
         pareto=pareto_options(pareto),
         conflict_threshold=conflict_threshold,
         meta={**_versions(), **_problem_meta(problem)},
+        groups=checked,
+        aliases=parameter_aliases(model) if checked else None,
     )
 
 

@@ -4,9 +4,10 @@ per layer), norms and cosines, and the MGDA weights; nothing of the snapshot rep
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 from gradtool.analysis.convert import to_list
-from gradtool.analysis.layers import layers_of
+from gradtool.analysis.layers import GroupsArg, groups_of, layers_of
 from gradtool.analysis.report import ParetoOptions, check_finite
 from gradtool.engine import EngineResult
 from gradtool.linalg import gramian as gm
@@ -22,12 +23,16 @@ def build_record(
     pareto: ParetoOptions | None,
     layers: bool = True,
     run: str | None = None,
+    groups: GroupsArg | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Record:
     """Return the Record of one step (of the run `run`, an id); raise `NonFiniteGradientError`
     on non-finite gradients.
 
     dot = G (whole model), norms = sqrt(diag G), cosine = G_ij / sqrt(G_ii G_jj); per layer
-    (module path cut to `depth`) its Gramian; with `pareto`, the exact MGDA weights of G.
+    (module path cut to `depth`) its Gramian; per parameter group of `groups` (name -> globs;
+    `aliases`: other names of tied parameters) its Gramian; with `pareto`, the exact MGDA
+    weights of G.
     """
     check_finite(result)
     names = result.loss_names
@@ -37,6 +42,14 @@ def build_record(
         [LayerRecord(x.name, x.numel, to_list(x.gramian)) for x in layers_of(result, depth)]
         if layers
         else []
+    )
+    group_records = (
+        [
+            LayerRecord(x.name, x.numel, to_list(x.gramian))
+            for x in groups_of(result, groups, aliases=aliases)
+        ]
+        if groups
+        else None
     )
     pareto_record = None
     if pareto is not None:
@@ -60,6 +73,7 @@ def build_record(
         norms={name: float(norms[i]) for i, name in enumerate(names)},
         cosine=to_list(gm.cosine(g)),
         layers=layer_records,
+        groups=group_records,
         pareto=pareto_record,
         run=run,
         world=result.world if result.world > 1 else None,

@@ -13,14 +13,21 @@ in the report; the decisions are stored as flags (`Report.conflict`, `LayerStats
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from gradtool.analysis.compare import compare_methods, methods_verdict
 from gradtool.analysis.convert import to_list
-from gradtool.analysis.layers import layers_of
+from gradtool.analysis.layers import (
+    GroupsArg,
+    Layer,
+    check_groups,
+    groups_of,
+    layers_of,
+    ungrouped,
+)
 from gradtool.engine import EngineResult, Fallback
 from gradtool.errors import NonFiniteGradientError, UsageError, opt
 from gradtool.linalg import gramian as gm
@@ -94,10 +101,14 @@ def build_report(
     pareto: ParetoOptions | None = None,
     meta: dict[str, object] | None = None,
     conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
+    groups: GroupsArg | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> Report:
     """Return the Report for `result`; raise `NonFiniteGradientError` on non-finite entries.
 
     `conflict_threshold` tau: a cosine below -tau is a conflict (see the module docstring).
+    `groups` (name -> globs on the parameter names; `aliases`: other names of tied parameters)
+    adds a table of parameter groups beside the layers (`Report.groups`, `Report.ungrouped`).
     """
     tau = check_conflict_threshold(conflict_threshold)
     names = result.loss_names
@@ -119,25 +130,13 @@ def build_report(
         )
         for i, name in enumerate(names)
     }
-    layers = []
-    for layer in layers_of(result, depth):
-        n_layer = gm.norms(layer.gramian)
-        cos_layer = gm.cosine(layer.gramian)
-        layers.append(
-            LayerStats(
-                name=layer.name,
-                numel=layer.numel,
-                norms={name: float(n_layer[i]) for i, name in enumerate(names)},
-                cosine=to_list(cos_layer),
-                dot=to_list(layer.gramian),
-                parameters=[result.param_names[b] for b in layer.indices],
-                reached={
-                    name: bool(reached[layer.indices, i].any()) for i, name in enumerate(names)
-                },
-                lowest_pair=gm.lowest_pair(cos_layer),
-                conflict=gm.offdiagonal_below(cos_layer, tau).tolist(),
-            )
-        )
+    layers = [_share(layer, result, tau) for layer in layers_of(result, depth)]
+    checked = check_groups(groups)
+    group_stats, left_out = None, None
+    if checked:
+        shares = groups_of(result, checked, aliases=aliases)
+        group_stats = [_share(group, result, tau) for group in shares]
+        left_out = ungrouped(result.param_names, shares)
     batch_stats = None
     if result.batch_gramians is not None:
         batch_stats = _batch_stats(result.batch_gramians, tau)
@@ -174,6 +173,8 @@ def build_report(
         conflict=gm.offdiagonal_below(cos, tau).tolist(),
         layers=layers,
         depth=depth,
+        groups=group_stats,
+        ungrouped=left_out,
         batch_stats=batch_stats,
         pareto=pareto_report,
         methods=methods,
@@ -181,12 +182,34 @@ def build_report(
             "strategy": result.strategy,
             "fallback_reason": result.fallback_reason,
             **structured_meta(result),
+            **({"groups": {k: list(v) for k, v in checked.items()}} if checked else {}),
             **(meta or {}),
         },
     )
     report.warnings = _warnings(report, result) + method_warnings
     report.verdict = verdict(report) + methods_verdict(methods or [], names)
     return report
+
+
+def _share(layer: Layer, result: EngineResult, tau: float) -> LayerStats:
+    """Return the statistics of a layer's (or a parameter group's) Gramian: norms, cosines,
+    the losses reaching it, its lowest pair and its material conflicts."""
+    names = result.loss_names
+    n_layer = gm.norms(layer.gramian)
+    cos_layer = gm.cosine(layer.gramian)
+    return LayerStats(
+        name=layer.name,
+        numel=layer.numel,
+        norms={name: float(n_layer[i]) for i, name in enumerate(names)},
+        cosine=to_list(cos_layer),
+        dot=to_list(layer.gramian),
+        parameters=[result.param_names[b] for b in layer.indices],
+        reached={
+            name: bool(result.reached[layer.indices, i].any()) for i, name in enumerate(names)
+        },
+        lowest_pair=gm.lowest_pair(cos_layer),
+        conflict=gm.offdiagonal_below(cos_layer, tau).tolist(),
+    )
 
 
 def structured_meta(result: EngineResult) -> dict[str, object]:

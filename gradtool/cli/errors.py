@@ -30,6 +30,7 @@ FLAGS: dict[str, str] = {
     "max_batches": "--batches",
     "eval_mode": "--eval",
     "methods": "--method",
+    "groups": "--group",
     "output": "-o",
 }
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gradtool.errors import UsageError
+
 if TYPE_CHECKING:
     from gradtool.problem import LoadOptions
 
@@ -42,6 +44,15 @@ ParamsOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--params", help="Glob on dotted parameter names; repeatable (union).", show_default=False
+    ),
+]
+GroupOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--group",
+        help="NAME=GLOB: a table row for the parameters whose dotted name matches GLOB, across "
+        "modules (e.g. attention='*.attn.*'); repeatable, the same NAME again adds a glob.",
+        show_default=False,
     ),
 ]
 BatchesOpt = Annotated[
@@ -179,3 +190,35 @@ def methods_option(text: str) -> tuple[str, ...]:
     from gradtool.weightings import parse_methods
 
     return parse_methods(text)
+
+
+GROUP_HINT = (
+    "e.g. --group attention='*.attn.*' --group mlp='*.mlp.*'; repeat --group with the same "
+    "NAME to add a glob to that group"
+)
+
+
+def groups_option(values: list[str] | None) -> dict[str, tuple[str, ...]] | None:
+    """Return the `--group NAME=GLOB` values as {name: (glob, ...)} (None without any), checked
+    before the gradfile runs: each has a name and a glob, and no NAME=GLOB is given twice;
+    exit 2 if not. Whether each glob matches a parameter is checked once the model is built."""
+    if not values:
+        return None
+    groups: dict[str, list[str]] = {}
+    for text in values:
+        name, sep, glob = text.partition("=")
+        problem = (
+            "should be NAME=GLOB"
+            if not sep
+            else "has no group name before '='"
+            if not name
+            else "has no glob after '='"
+            if not glob
+            else "is given twice (the same glob again adds nothing)"
+            if glob in groups.get(name, ())
+            else None
+        )
+        if problem is not None:
+            raise UsageError(f"--group {text!r} {problem}", hint=GROUP_HINT, option="groups")
+        groups.setdefault(name, []).append(glob)
+    return {name: tuple(globs) for name, globs in groups.items()}

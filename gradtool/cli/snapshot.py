@@ -18,6 +18,7 @@ from gradtool.cli.options import (
     DeviceOpt,
     EvalOpt,
     GradfileArg,
+    GroupOpt,
     JsonOpt,
     LowMemoryOpt,
     MethodsOpt,
@@ -32,6 +33,7 @@ from gradtool.cli.options import (
     TolOpt,
     VerboseOpt,
     conflict_threshold_option,
+    groups_option,
     load_options,
     methods_option,
     tol_option,
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
 def inspect(
     gradfile: GradfileArg,
     params: ParamsOpt = None,
+    group: GroupOpt = None,
     batches: BatchesOpt = None,
     seed: SeedOpt = 0,
     checkpoint: CheckpointOpt = None,
@@ -74,8 +77,9 @@ def inspect(
 ) -> None:
     """Per-loss gradient norms, pairwise cosines and conflicts, layers, unused parameters."""
     threshold = conflict_threshold_option(conflict_threshold)
+    groups = groups_option(group)
     load = load_options(params, batches, seed, checkpoint, device, eval_mode)
-    request = _request("inspect", gradfile, load, depth, strategy, low_memory, threshold)
+    request = _request("inspect", gradfile, load, depth, strategy, low_memory, threshold, groups)
     _execute(request, json_out, output, verbose, plot=plot)
 
 
@@ -97,6 +101,7 @@ def pareto(
     tol: TolOpt = DEFAULT_TOL,
     conflict_threshold: ConflictThresholdOpt = DEFAULT_CONFLICT_THRESHOLD,
     params: ParamsOpt = None,
+    group: GroupOpt = None,
     batches: BatchesOpt = None,
     seed: SeedOpt = 0,
     checkpoint: CheckpointOpt = None,
@@ -117,8 +122,9 @@ def pareto(
     pref = _preference_option(preference, methods, compare)
     stationary_tol = tol_option(tol)
     threshold = conflict_threshold_option(conflict_threshold)
+    groups = groups_option(group)
     load = load_options(params, batches, seed, checkpoint, device, eval_mode)
-    request = _request("pareto", gradfile, load, depth, strategy, low_memory, threshold)
+    request = _request("pareto", gradfile, load, depth, strategy, low_memory, threshold, groups)
     from dataclasses import replace
 
     options = ParetoOptions(
@@ -140,6 +146,7 @@ def _request(
     strategy: StrategyChoice,
     low_memory: bool,
     conflict_threshold: float,
+    groups: dict[str, tuple[str, ...]] | None,
 ) -> InspectRequest:
     from gradtool.api import InspectRequest
 
@@ -151,6 +158,7 @@ def _request(
         strategy=strategy.value,
         low_memory=low_memory,
         conflict_threshold=conflict_threshold,
+        groups=groups,
     )
 
 

@@ -55,6 +55,7 @@ from torch import nn
 
 from gradtool._version import __version__
 from gradtool.analysis.convert import to_list
+from gradtool.analysis.layers import GroupsArg, check_groups, group_by_globs
 from gradtool.analysis.records import build_record
 from gradtool.analysis.report import DEFAULT_DEPTH, ParetoOptions, pareto_options
 from gradtool.engine import Fallback, Strategy, check_strategy, compute_gramians
@@ -68,7 +69,7 @@ from gradtool.errors import (
     opt,
 )
 from gradtool.linalg import gramian as gm
-from gradtool.problem import Problem
+from gradtool.problem import Problem, parameter_aliases
 from gradtool.results.runlog import RUN_ID_PATTERN, Record, last_run, run_header
 
 NamedParameters = Iterable[tuple[str, nn.Parameter]]
@@ -94,6 +95,8 @@ class Monitor:
         depth: module-path depth of the per-layer Gramians (as `inspect --depth`).
         pareto: record the MGDA min-norm weights (True, or `ParetoOptions` for a normalisation).
         layers: record per-layer Gramians (for the layer x step conflict map).
+        groups: parameter groups across modules, name -> glob(s) on the dotted parameter names
+            (as `gradtool.analyze(groups=...)`): each record carries each group's Gramian.
         metadata: JSON-serialisable facts about the run (hyper-parameters, ...), in the header.
         strategy: the engine strategy, as `inspect --strategy`.
         fsync: `os.fsync` after each record, so it survives a machine crash, not only a killed
@@ -104,6 +107,10 @@ class Monitor:
             checkpoint) to continue its run. Default: a new random id.
         resume: continue the run the file ends with (its id), e.g. after a restart from a
             checkpoint; a new run when the file holds none.
+        writers: where else each record goes, besides the run log: callables taking the
+            Record (`gradtool.integrations.writers`: TensorBoard, W&B, CSV), called on rank 0
+            with every recorded step; one that raises warns once and training goes on.
+            `close()` calls each one's `close()`, where it has one.
         distributed: in DDP training (a `torch.distributed` process group of several ranks,
             every rank calling `step` at the same steps), record the Gramian of the global
             batch's per-loss gradients (what DDP's averaged gradient is, per loss), reduced
@@ -125,6 +132,7 @@ class Monitor:
         depth: int | None = DEFAULT_DEPTH,
         pareto: bool | ParetoOptions = True,
         layers: bool = True,
+        groups: GroupsArg | None = None,
         metadata: Mapping[str, Any] | None = None,
         strategy: Strategy = "auto",
         fsync: bool = True,
@@ -132,6 +140,7 @@ class Monitor:
         run_id: str | None = None,
         resume: bool = False,
         distributed: bool | None = None,
+        writers: Iterable[Callable[[Record], object]] | None = (),
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise UsageError(f"{opt('every')} should be an integer >= 1; found {every!r}")
@@ -161,12 +170,15 @@ class Monitor:
             raise UsageError(
                 f"{opt('resume')} continues the run the file ends with: give resume or {other}"
             )
+        self._writers = _check_writers(writers)
+        self._writer_warned: set[int] = set()
         self.path = Path(path)
         if self.path.is_dir():
             raise UsageError(f"{opt('path')} should be a file; {self.path} is a directory")
         self.every = every
         self.depth = depth
         self.layers = layers
+        self._groups = check_groups(groups)
         self._pareto = pareto_options(pareto)
         # A mapping name -> parameter keeps its pairs; any other iterable is taken once, now.
         self._parameters: Any = (
@@ -243,6 +255,7 @@ class Monitor:
             )
         if not self._emit(record.to_json()):
             self.dropped += 1
+        self._send(record)
         self._last_step = index
         self._records += 1
         self.last = record
@@ -269,6 +282,11 @@ class Monitor:
         """Close the run log; later recorded steps raise. Never raises itself: a failure to
         close (the last records may not have reached the disk) is a RuntimeWarning."""
         self._closed = True
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            closer = getattr(writer, "close", None)
+            if callable(closer):
+                self._call_writer(writer, closer)
         fh, self._file = self._file, None
         if fh is None:
             return
@@ -362,6 +380,28 @@ class Monitor:
                 raise
             self._fsync = False  # a pipe or a device: there is nothing to sync
 
+    def _send(self, record: Record) -> None:
+        """Hand `record` to each writer (rank 0 alone); a failing writer never stops training."""
+        if self._writes:
+            for writer in self._writers:
+                self._call_writer(writer, writer, record)
+
+    def _call_writer(self, writer: object, call: Callable[..., object], *args: Any) -> None:
+        """Run `call(*args)` of `writer`; an exception warns once per writer and is dropped."""
+        try:
+            call(*args)
+        except Exception as exc:
+            if id(writer) in self._writer_warned:
+                return
+            self._writer_warned.add(id(writer))
+            warnings.warn(
+                f"gradtool.Monitor: the writer {_name_of(writer)} failed "
+                f"({type(exc).__name__}: {exc}); training goes on, and it is called again with "
+                "each later record",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+
     def _warn_write(self, exc: BaseException) -> None:
         if self._write_warned:
             return
@@ -381,6 +421,9 @@ class Monitor:
         params = self._parameters(model) if callable(self._parameters) else self._parameters
         try:
             problem = Problem.live(model, losses, params)
+            aliases = parameter_aliases(model) if self._groups else None
+            if self._groups:  # a glob matching no parameter fails before any gradient is taken
+                group_by_globs([n for n, _ in problem.parameters], self._groups, aliases=aliases)
             result = compute_gramians(
                 problem, strategy=self._strategy, retain_graph=True, group=self._group
             )
@@ -390,6 +433,8 @@ class Monitor:
                 depth=self.depth,
                 pareto=self._pareto,
                 layers=self.layers,
+                groups=self._groups,
+                aliases=aliases,
                 run=self.run_id,
             )
         except GradientError as exc:
@@ -477,6 +522,31 @@ def _ends_without_newline(path: Path) -> bool:
             return fh.read(1) != b"\n"
     except OSError:
         return False
+
+
+def _name_of(writer: object) -> str:
+    """Return a writer's name for a message: a function's own, else its class's."""
+    return str(getattr(writer, "__qualname__", None) or type(writer).__name__)
+
+
+def _check_writers(writers: Iterable[Callable[[Record], object]] | None) -> list[Any]:
+    """Return `writers` as a list (None: none); raise UsageError unless each is callable."""
+    if writers is None:
+        return []
+    if callable(writers) or isinstance(writers, (str, bytes)):
+        raise UsageError(
+            f"{opt('writers')} should be a list of writers; found one writer, not in a list",
+            option="writers",
+        )
+    found = list(writers)
+    for writer in found:
+        if not callable(writer):
+            raise UsageError(
+                f"{opt('writers')} should hold callables taking a Record; found "
+                f"{type(writer).__name__}",
+                option="writers",
+            )
+    return found
 
 
 def _group(distributed: bool | None) -> Group | None:

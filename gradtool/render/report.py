@@ -58,6 +58,9 @@ def render_report(report: Report, console: Console, *, verbose: bool = False) ->
             show(console, *_pairs_tables(report, console))
     if full:
         show(console, _layers_tables(report, console))
+    if report.groups is not None:  # asked for by name: shown by `pareto` too
+        show(console, _groups_tables(report, console))
+    if full:
         unused = _unused_table(report)
         if unused is not None:
             show(console, unused)
@@ -245,9 +248,6 @@ def _layers_tables(report: Report, console: Console) -> RenderableType:
     """Return the layer table: module, parameters, each loss's |g| there (up to four losses) and
     each pair's cosine there (up to six pairs; else the lowest pair), with a total row; split
     into blocks of columns when it does not fit."""
-    names = report.losses
-    m = len(names)
-    pairs = _pair_columns(m)
     layers = report.layers
     depth = report.depth
     title = "Layers" + (f" (depth {depth})" if depth is not None else "")
@@ -259,6 +259,59 @@ def _layers_tables(report: Report, console: Console) -> RenderableType:
             "params", [f"{x.numel:,}" for x in layers], footer=f"{report.parameters['numel']:,}"
         ),
     ]
+    return _shares_tables(report, console, layers, title, keys, [])
+
+
+def _groups_tables(report: Report, console: Console) -> RenderableType:
+    """Return the parameter-group table, laid out as the layer table: group, parameter tensors
+    and elements, |g| and cosines there; the last row is every selected parameter. A note
+    counts the parameters in no group (and says when groups share parameters)."""
+    groups = report.groups or []
+    keys = [
+        Column("group", [name_text(x.name, "bold") for x in groups], footer="all", justify="left"),
+        Column(
+            "tensors",
+            [str(len(x.parameters)) for x in groups],
+            footer=str(report.parameters["count"]),
+        ),
+        Column(
+            "params", [f"{x.numel:,}" for x in groups], footer=f"{report.parameters['numel']:,}"
+        ),
+    ]
+    lines = ["all: every selected parameter"]
+    seen: set[str] = set()
+    shared = False
+    for x in groups:
+        shared = shared or not seen.isdisjoint(x.parameters)
+        seen.update(x.parameters)
+    if shared:
+        lines[0] += "; groups share parameters, so their rows overlap"
+    left = report.ungrouped or []
+    count = report.parameters["count"]
+    if left:
+        lines.append(
+            f"in no group: {len(left)} of {count} parameter tensors "
+            f"({_folded(left, report.layers)})"
+        )
+    else:
+        lines.append(f"every one of the {count} parameter tensors is in a group")
+    return _shares_tables(report, console, groups, "Parameter groups", keys, lines)
+
+
+def _shares_tables(
+    report: Report,
+    console: Console,
+    layers: Sequence[LayerStats],
+    title: str,
+    keys: list[Column],
+    extra: list[str],
+) -> RenderableType:
+    """Return a table of shares of the model (layers or parameter groups): the `keys` columns,
+    each loss's |g| there (up to four losses) and each pair's cosine there (up to six pairs;
+    else the lowest pair), the footer the whole selection's; then the `extra` notes."""
+    names = report.losses
+    m = len(names)
+    pairs = _pair_columns(m)
     groups: list[list[Column]] = []
     lines: list[str] = []
     if m <= MAX_LOSSES_ACROSS:
@@ -281,6 +334,7 @@ def _layers_tables(report: Report, console: Console) -> RenderableType:
         groups.append([Column("lowest cos (pair)", [_lowest_pair(x) for x in layers])])
     if m > 2:
         lines.insert(0, "; ".join(f"[{k}] {inert(name)}" for k, name in enumerate(names)))
+    lines += extra
     tables = blocks_of(console, title, keys, groups, footer=True)
     return Group(*tables, notes(console, *lines)) if lines else Group(*tables)
 

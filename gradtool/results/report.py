@@ -58,7 +58,8 @@ class GradientStats:
 
 @dataclass
 class LayerStats:
-    """One module path's share: numel, per-loss norms and the pairwise cosine there."""
+    """One module path's (or parameter group's) share: numel, per-loss norms and the pairwise
+    cosine there."""
 
     name: str
     numel: int
@@ -165,6 +166,11 @@ class Report(Document):
     conflict: Flags  # cosine[i][j] < -conflict_threshold
     layers: list[LayerStats]
     depth: int | None = None
+    # The parameter groups asked for (name -> globs on parameter names, across modules), each
+    # shaped like a layer, and the selected parameters in none of them; both absent (None) when
+    # no group was asked.
+    groups: list[LayerStats] | None = None
+    ungrouped: list[str] | None = None
     batch_stats: BatchStats | None = None
     pareto: ParetoReport | None = None
     methods: list[MethodResult] | None = None
@@ -172,4 +178,10 @@ class Report(Document):
     warnings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    _optional: ClassVar[tuple[str, ...]] = ("batch_stats", "pareto", "methods")
+    _optional: ClassVar[tuple[str, ...]] = (
+        "groups",
+        "ungrouped",
+        "batch_stats",
+        "pareto",
+        "methods",
+    )

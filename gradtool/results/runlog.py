@@ -103,9 +103,11 @@ class Record:
     """One recorded training step: loss values and the Gramians of the per-loss gradients.
 
     `dot` is the whole-model Gramian G (m x m, in the order of `losses`); `layers` hold the
-    per-layer Gramians. `norms` and `cosine` are derived from `dot` (may be None when read from
-    a file that omits them). `run` is the id of the run that wrote it (None in logs written
-    before run ids). `line` is the line number the record was read from (not written).
+    per-layer Gramians, `groups` those of the parameter groups the Monitor was given (None when
+    it was given none, and in logs written before groups existed). `norms` and `cosine` are
+    derived from `dot` (may be None when read from a file that omits them). `run` is the id of
+    the run that wrote it (None in logs written before run ids). `line` is the line number the
+    record was read from (not written).
     """
 
     step: int
@@ -123,6 +125,7 @@ class Record:
     # the mean over ranks of the rank-local Gramians (each rank's share of the batch).
     world: int | None = None
     local: Matrix | None = None
+    groups: list[LayerRecord] | None = None
     line: int | None = field(default=None, compare=False, repr=False)
 
     def gramian(self) -> list[list[float]]:
@@ -151,6 +154,11 @@ class Record:
                 ],
             }
         )
+        if self.groups is not None:
+            body["groups"] = [
+                {"name": group.name, "numel": group.numel, "dot": group.dot}
+                for group in self.groups
+            ]
         if self.world is not None:
             body["world"] = self.world
             body["local"] = self.local
@@ -185,6 +193,16 @@ class Record:
             )
             for k, layer in enumerate(check.layer_list(obj))
         ]
+        groups = None
+        if obj.get("groups") is not None:
+            groups = [
+                LayerRecord(
+                    name=check.typed(group, "name", str, f"groups[{k}]"),
+                    numel=check.integer(group, "numel", f"groups[{k}]"),
+                    dot=check.matrix(group, "dot", m, f"groups[{k}]"),
+                )
+                for k, group in enumerate(check.layer_list(obj, "groups"))
+            ]
         pareto = None
         raw_pareto = obj.get("pareto")
         if raw_pareto is not None:
@@ -215,6 +233,7 @@ class Record:
             run=_run_id(obj),
             world=check.integer(obj, "world") if world is not None else None,
             local=check.matrix(obj, "local", m) if local is not None else None,
+            groups=groups,
         )
 
 
@@ -778,10 +797,10 @@ class _Checker:
             self.fail(name, f"a {m} x {m} matrix (one row per loss)", value)
         return [[None if v is None else self.finite(name, v) for v in row] for row in value]
 
-    def layer_list(self, obj: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-        value = obj.get("layers", [])
+    def layer_list(self, obj: Mapping[str, Any], key: str = "layers") -> list[Mapping[str, Any]]:
+        value = obj.get(key, [])
         if not isinstance(value, list) or not all(isinstance(x, Mapping) for x in value):
-            self.fail("layers", "a list of objects", value)
+            self.fail(key, "a list of objects", value)
         return value
 
 
