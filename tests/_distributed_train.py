@@ -3,7 +3,8 @@
     torchrun --standalone --nproc-per-node 2 tests/_distributed_train.py OUT MODE [STEPS]
 
 MODE: "ddp" (DistributedDataParallel with a gradtool Monitor), "ddp-plain" (the same training
-without it), "fsdp" (fully_shard with a Monitor), "ddp-fail" (rank 1 raises inside `step`).
+without it), "fsdp" (fully_shard with a Monitor), "rank0-only" (the Monitor on rank 0 alone),
+"nonfinite" (rank 1's loss is NaN at step 1), "static" (DDP with static_graph=True).
 Rank 0 writes OUT/params-MODE.pt (the trained parameters); every rank writes
 OUT/records-MODE-RANK.json (the Records its Monitor returned).
 """
@@ -66,31 +67,35 @@ def main() -> None:
             fully_shard(layer)
         wrapped: nn.Module = fully_shard(model)
     else:
-        wrapped = nn.parallel.DistributedDataParallel(model)
+        wrapped = nn.parallel.DistributedDataParallel(model, static_graph=mode == "static")
     opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
-    monitor = None if mode == "ddp-plain" else gradtool.Monitor(out / f"run-{mode}.jsonl", every=1)
+    monitored = mode != "ddp-plain" and (mode != "rank0-only" or rank == 0)
+    monitor = gradtool.Monitor(out / f"run-{mode}.jsonl", every=1) if monitored else None
     records = []
     share = GLOBAL_BATCH // world
     for step in range(steps):
         x, y = global_batch(step)
         rows = slice(rank * share, (rank + 1) * share)
         losses = losses_of(wrapped, x[rows], y[rows])
+        shown = dict(losses)
+        if mode == "nonfinite" and rank == 1 and step == 1:
+            shown["a"] = losses["a"] * float("nan")  # the Monitor sees a NaN loss on one rank
         if monitor is not None:
-            if mode == "ddp-fail" and rank == 1 and step == 1:
-                raise RuntimeError("rank 1 fails on purpose")
             try:
-                record = monitor.step(wrapped, losses)
-            except gradtool.UsageError as exc:  # FSDP: refused, with the reason
+                record = monitor.step(wrapped, shown)
+            except gradtool.UsageError as exc:  # refused, with the reason: train on without it
                 (out / f"error-{mode}-{rank}.txt").write_text(exc.message)
-                break
-            records.append(None if record is None else record.to_dict())
+                monitor.close()
+                monitor = None
+            else:
+                records.append(None if record is None else record.to_dict())
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()
     if monitor is not None:
         monitor.close()
     (out / f"records-{mode}-{rank}.json").write_text(json.dumps(records))
-    if rank == 0 and not mode.startswith("fsdp"):
+    if rank == 0 and mode in ("ddp", "ddp-plain"):
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         torch.save(state, out / f"params-{mode}.pt")
     dist.destroy_process_group()

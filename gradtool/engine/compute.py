@@ -43,9 +43,15 @@ def compute_gramians(
     params = [p for _, p in problem.parameters]
     others = other_leaves(problem.model, params)
     acc = GramianAccumulator(problem.parameters)
-    batches, single = look_ahead(problem.iter_batches())
     if strategy == "structured" or (strategy == "auto" and not low_memory):
-        return _structured(problem, acc, batches, single, strategy, progress, retain_graph, others)
+        # no look-ahead here: fetching batch k + 1 before batch k is evaluated breaks an
+        # iterator that refills one buffer; the engine learns there was one batch at the end
+        batches = problem.iter_batches()
+        return _structured(problem, acc, batches, False, strategy, progress, retain_graph, others)
+    # only the low-memory engine looks one batch ahead (to free a single batch's blocks)
+    batches, single = (
+        look_ahead(problem.iter_batches()) if low_memory else (problem.iter_batches(), False)
+    )
     _accumulate(problem, acc, batches, single, strategy, progress, low_memory, retain_graph, others)
     result = acc.result()
     result.low_memory = low_memory

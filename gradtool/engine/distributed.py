@@ -22,6 +22,7 @@ import datetime
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -62,15 +63,20 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in _TORCHRUN_VARS)
 
 
-def current_group() -> Group | None:
-    """Return the initialised default process group as a `Group` (None: none, or one rank)."""
+def current_group(device: torch.device | None = None) -> Group | None:
+    """Return the initialised default process group as a `Group` (None: none, or one rank).
+
+    Its tensors go to the CPU with gloo; with NCCL to `device` when it is a CUDA device (the
+    model's: a DDP script may never call `torch.cuda.set_device`), else the current one.
+    """
     if not dist.is_available() or not dist.is_initialized():
         return None
     world = dist.get_world_size()
     if world < 2:
         return None
     if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
+        if device is None or device.type != "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
     return Group(dist.get_rank(), world, device)
@@ -124,8 +130,9 @@ def agree(group: Group, error: BaseException | None) -> None:
     if error is not None:  # rank 0 words its own error, or the first failing rank's
         error.gradtool_relayed = True  # type: ignore[attr-defined]
         raise error
-    rank, kind, message, hint, trace = next(f for f in failures if f is not None)  # type: ignore[misc]
+    rank, kind, message, hint, trace, fields = next(f for f in failures if f is not None)  # type: ignore[misc]
     relay = _relay(_ERRORS.get(kind, GradientError), f"rank {rank} failed: {message}", hint, trace)
+    relay.loss, relay.parameter, relay.option, relay.reason = fields
     relay.gradtool_relayed = True  # type: ignore[attr-defined]
     raise relay
 
@@ -140,14 +147,15 @@ def _relay(cls: type[GradtoolError], message: str, hint: str | None, trace: str)
     return relay
 
 
-def _describe(error: BaseException | None) -> tuple[int, str, str, str | None, str] | None:
+def _describe(error: BaseException | None) -> tuple[Any, ...] | None:
     if error is None:
         return None
     rank = dist.get_rank()
     if isinstance(error, GradtoolError):
         trace = getattr(error, "traceback", "") or ""
-        return (rank, type(error).__name__, error.message, error.hint, trace)
-    return (rank, "", f"{type(error).__name__}: {error}", None, "")
+        fields = (error.loss, error.parameter, error.option, error.reason)
+        return (rank, type(error).__name__, error.message, error.hint, trace, fields)
+    return (rank, "", f"{type(error).__name__}: {error}", None, "", (None,) * 4)
 
 
 def _error_kinds() -> dict[str, type[GradtoolError]]:
@@ -177,19 +185,18 @@ def reduce_accumulator(acc: GramianAccumulator, group: Group) -> EngineResult:
     """Return the Gramians of the global mean gradients over every rank's batches (see module).
 
     `acc` must hold every block's running sum (no block added with keep=False, no Gramian set
-    outright): what each rank adds is its batches' per-loss gradients.
+    outright): what each rank adds is its batches' per-loss gradients. A rank without a batch
+    (fewer batches than ranks) takes part with zeros.
     """
     names = _check_same(acc, group)
     m, P, world = len(names), len(acc.names), group.world
     counts = _all_gather_ints([acc.count], group)
     total = sum(c[0] for c in counts)
-    if total == 0:
-        raise no_batch_error()
     owners = shares(acc.numels, world)
-    dtype = torch.float32
-    for s in acc.sums:
-        if s is not None:
-            dtype = torch.promote_types(dtype, s.dtype)
+    wide = any(s is not None and s.dtype == torch.float64 for s in acc.sums)
+    code = torch.tensor([1 if wide else 0], device=group.device)
+    dist.all_reduce(code, op=dist.ReduceOp.MAX)  # every rank sends the same dtype
+    dtype = torch.float64 if int(code.item()) else torch.float32
     widths = [
         sum(n for n, o in zip(acc.numels, owners, strict=True) if o == r) for r in range(world)
     ]
@@ -219,14 +226,18 @@ def reduce_accumulator(acc: GramianAccumulator, group: Group) -> EngineResult:
         nonfinite[b] = nonfinite_counts(mean, gram.cpu()).to(group.device)
         maxima = torch.maximum(maxima, row_max.to(torch.float64))  # NaN propagates
     del mine
-    reached = torch.tensor(acc.reached, dtype=torch.int64, device=group.device).reshape(P, m)
-    sums = torch.tensor(acc.loss_sums, dtype=torch.float64, device=group.device)
+    reached = torch.zeros(P, m, dtype=torch.int64, device=group.device)
+    sums = torch.zeros(m, dtype=torch.float64, device=group.device)
+    if acc.count:
+        reached += torch.tensor(acc.reached, dtype=torch.int64, device=group.device).reshape(P, m)
+        sums += torch.tensor(acc.loss_sums, dtype=torch.float64, device=group.device)
+    one = acc.count == 1
     local = (
         acc.batch_gramians[0].to(group.device)
-        if acc.count == 1
+        if one
         else torch.zeros(m, m, dtype=torch.float64, device=group.device)
     )
-    has_local = torch.tensor([1 if acc.count == 1 else 0], device=group.device)
+    has_local = torch.tensor([1 if one else 0], device=group.device)
     for tensor in (gramians, nonfinite, reached, sums, local, has_local):
         dist.all_reduce(tensor)
     maxima = _all_max(maxima, group)

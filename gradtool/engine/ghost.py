@@ -37,6 +37,7 @@ class LayerRows:
     shared: torch.Tensor
     grads: torch.Tensor
     transposed: bool = True
+    owned: bool = False  # `shared` is a copy of ours, not a view of a saved activation
 
     @property
     def count(self) -> int:
@@ -63,6 +64,7 @@ def concat(parts: Sequence[LayerRows]) -> LayerRows:
         torch.cat([p.shared.to(shared_dtype) for p in parts]),
         torch.cat([p.grads.to(dtype) for p in parts], dim=1),
         first.transposed,
+        owned=True,
     )
 
 

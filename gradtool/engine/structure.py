@@ -86,6 +86,10 @@ def find_structure(
                 stack.append(child)
     out = Structure()
     for b, acc in accumulators.items():
+        unfit = _unfit(params[b])
+        if unfit is not None:
+            out.uncovered[b] = unfit
+            continue
         uses: list[Use] = []
         why = _collect(acc, parents, params[b].dim(), False, False, uses, 0)
         if why is None and not uses:
@@ -99,6 +103,15 @@ def find_structure(
         else:
             out.uncovered[b] = why
     return out
+
+
+def _unfit(param: torch.Tensor) -> str | None:
+    """Return why a parameter's gradient must be formed whatever its uses, or None."""
+    if getattr(param, "_backward_hooks", None):
+        return "a tensor hook on it changes its gradient"
+    if param.dtype == torch.float16:
+        return "float16: its own gradient can overflow where float64 rows do not"
+    return None
 
 
 def _collect(
@@ -160,14 +173,46 @@ def _consistent(uses: list[Use]) -> str | None:
 class Rows:
     """One use's rows: grad W = sum_n D[n] (x) X[n] over rows n, in the weight's layout.
 
-    linear/conv: `shared` is X (N, s) and D (N, r) per loss, grad W = D^T X (reshaped to W);
-    untransposed linear: grad W = X^T D. embedding: `shared` holds the N ids, D (N, d) per loss
-    (already divided by each id's count under scale_grad_by_freq, zero at the padding id).
+    linear/conv: `matrix()` is X (N, s) and D (N, r) per loss, grad W = D^T X (reshaped to W);
+    untransposed linear: grad W = X^T D. embedding: `shared` holds the N ids and D (N, d) per
+    loss is multiplied by `scale` (1 / the id's count under scale_grad_by_freq). `select` keeps
+    only some rows of D (an embedding's padding positions are dropped, as its backward does).
+    A convolution's input is unfolded only when `matrix()` is first asked (k^2 times its size).
     """
 
     kind: Kind
     shared: torch.Tensor
     scale: float | torch.Tensor = 1.0  # multiplies D: addmm's alpha, or per-row id weights
+    select: torch.Tensor | None = None  # indices of the rows of D that count
+    conv: tuple[tuple[int, int], ...] | None = None  # kernel, dilation, padding, stride (2-d)
+    one_d: bool = False
+
+    def matrix(self) -> torch.Tensor:
+        """Return the shared factor as (N, s) rows (unfolding a convolution's input)."""
+        if self.conv is None:
+            return self.shared
+        kernel, dilation, padding, stride = self.conv
+        x = self.shared.unsqueeze(-2) if self.one_d else self.shared
+        unfolded = F.unfold(
+            x, kernel_size=kernel, dilation=dilation, padding=padding, stride=stride
+        )  # (B, C k, L)
+        self.shared, self.conv = unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1]), None
+        return self.shared
+
+
+def _at(values: Sequence[int], k: int) -> int:
+    """Return values[k], or values[0] where one value stands for every dimension."""
+    return int(values[k] if len(values) > k else values[0])
+
+
+def _input(node: Any, attribute: str) -> torch.Tensor:
+    """Return a product's saved input, checked to be a dense real floating tensor."""
+    x = getattr(node, attribute)
+    if x.layout != torch.strided:
+        raise ValueError(f"a {x.layout} input")
+    if not x.is_floating_point():
+        raise ValueError(f"a {x.dtype} input")
+    return x
 
 
 def rows_shape(use: Use) -> tuple[int, int]:
@@ -175,56 +220,60 @@ def rows_shape(use: Use) -> tuple[int, int]:
     saved tensors' shapes (no unfolding)."""
     node = use.node
     if use.kind == "linear":
-        x = getattr(node, _SAVED_INPUT[type(node).__name__])
+        x = _input(node, _SAVED_INPUT[type(node).__name__])
         return x.shape[0], x.shape[1]
-    x = node._saved_input
+    x = _input(node, "_saved_input")
     w = node._saved_weight
+    spatial = w.dim() - 2
+    batch = x.shape[0] if x.dim() == w.dim() else 1  # an unbatched input has no batch dim
     size = 1
-    for k, length in enumerate(x.shape[2:]):
+    for k, length in enumerate(x.shape[-spatial:]):
         kernel = w.shape[2 + k]
         stride, pad, dil = (
-            int(v[k]) for v in (node._saved_stride, node._saved_padding, node._saved_dilation)
+            _at(v, k) for v in (node._saved_stride, node._saved_padding, node._saved_dilation)
         )
         size *= (length + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
-    return x.shape[0] * size, w[0].numel()
+    return batch * size, w[0].numel()
 
 
 def shared_rows(use: Use) -> Rows:
-    """Return the per-loss-independent factor of `use`, read from its node's saved tensors."""
+    """Return the per-loss-independent factor of `use`, read from its node's saved tensors
+    (raise `ValueError` where it cannot be used: a sparse or complex input)."""
     node = use.node
     name = type(node).__name__
     if use.kind == "linear":
-        x = getattr(node, _SAVED_INPUT[name])
+        x = _input(node, _SAVED_INPUT[name])
         alpha = float(node._saved_alpha) if name == "AddmmBackward0" else 1.0
         return Rows("linear", x.detach(), alpha)
     if use.kind == "conv":
-        x = node._saved_input.detach()
+        x = _input(node, "_saved_input").detach()
         w = node._saved_weight
         one_d = w.dim() == 3
-        kernel = (1, w.shape[-1]) if one_d else tuple(w.shape[-2:])
+        if x.dim() == w.dim() - 1:  # an unbatched input
+            x = x.unsqueeze(0)
+        kernel = (1, w.shape[-1]) if one_d else (w.shape[-2], w.shape[-1])
 
         def two(values: Sequence[int], pad: int) -> tuple[int, int]:
-            return (pad, int(values[0])) if one_d else (int(values[0]), int(values[1]))
+            return (pad, _at(values, 0)) if one_d else (_at(values, 0), _at(values, 1))
 
-        if one_d:
-            x = x.unsqueeze(-2)
-        unfolded = F.unfold(
-            x,
-            kernel_size=kernel,
-            dilation=two(node._saved_dilation, 1),
-            padding=two(node._saved_padding, 0),
-            stride=two(node._saved_stride, 1),
-        )  # (B, C k, L)
-        return Rows("conv", unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1]))
+        spec = (
+            kernel,
+            two(node._saved_dilation, 1),
+            two(node._saved_padding, 0),
+            two(node._saved_stride, 1),
+        )
+        return Rows("conv", x, conv=spec, one_d=one_d)
     ids = node._saved_indices.reshape(-1)
     weights = torch.ones(ids.shape, dtype=torch.float64, device=ids.device)
     if bool(node._saved_scale_grad_by_freq):
         _, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
         weights = weights / counts[inverse].to(torch.float64)
     padding = int(node._saved_padding_idx)
-    if padding >= 0:
-        weights = weights.masked_fill(ids == padding, 0.0)
-    return Rows("embedding", ids, weights)
+    select = None
+    if padding >= 0:  # padding rows get no gradient: dropped, not multiplied by 0 (NaN * 0)
+        select = (ids != padding).nonzero().reshape(-1)
+        ids, weights = ids[select], weights[select]
+    return Rows("embedding", ids.clone(), weights, select)
 
 
 def loss_rows(use: Use, grad: torch.Tensor, m: int | None = None) -> torch.Tensor:
@@ -233,6 +282,8 @@ def loss_rows(use: Use, grad: torch.Tensor, m: int | None = None) -> torch.Tenso
     lead = () if m is None else (m,)
     k = len(lead)
     if use.kind == "conv":  # (B, C_out, *spatial) -> (B L, C_out)
+        if grad.dim() - k == use.node._saved_weight.dim() - 1:  # an unbatched input
+            grad = grad.unsqueeze(k)
         b, c = grad.shape[k], grad.shape[k + 1]
         return grad.reshape(*lead, b, c, -1).transpose(-1, -2).reshape(*lead, -1, c)
     return grad.reshape(*lead, -1, grad.shape[-1])

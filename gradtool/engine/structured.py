@@ -67,6 +67,7 @@ class _Param:
     plain: bool = False  # its gradient is formed (once plain, plain for the rest of the run)
     structured: bool = False  # its Gramian came from rows in some batch
     held: list[ghost.LayerRows] = field(default_factory=list)  # rows of earlier batches
+    gram: torch.Tensor | None = None  # the last batch's Gramian (the result of a single batch)
     kind: str = "other"
 
 
@@ -143,9 +144,11 @@ class StructuredEngine:
             if not st.held:
                 continue
             rows = ghost.concat(st.held)
+            single = len(st.held) == 1 and count == 1 and st.gram is not None
             st.held = []
-            gram = ghost.gramian(rows, 1.0 / count)
+            gram = st.gram if single else ghost.gramian(rows, 1.0 / count)
             self.acc.set_final(b, gram, self._counts(b, rows, gram, 1.0 / count))
+            st.gram = None
 
     def paths(self) -> dict[str, dict[str, int]]:
         """Return, per layer class, how many parameter tensors went each way."""
@@ -242,14 +245,21 @@ class StructuredEngine:
             for part, k in zip(parts, ks, strict=True):
                 d = grads_at[k]
                 grads_at[k] = None
+                shared = part.matrix()
                 if d is None:  # no loss reaches this use's output
-                    width = self._width(b, part.kind, part.shared)
-                    d = self.params[b].new_zeros((m, part.shared.shape[0], width))
-                elif isinstance(part.scale, torch.Tensor):  # per-row id weights (embedding)
-                    d = d * part.scale.to(d.dtype).unsqueeze(-1)
-                elif part.scale != 1.0:
-                    d = d * part.scale
-                filled.append(ghost.LayerRows(part.kind, part.shared, d, _transposed(uses, ks)))
+                    width = self._width(b, part.kind, shared)
+                    d = self.params[b].new_zeros((m, shared.shape[0], width))
+                else:
+                    if part.select is not None:  # rows with no gradient (padding ids)
+                        d = d[:, part.select]
+                    if isinstance(part.scale, torch.Tensor):  # per-row id weights (embedding)
+                        d = d * part.scale.to(d.dtype).unsqueeze(-1)
+                    elif part.scale != 1.0:
+                        d = d * part.scale
+                owned = part.kind != "linear"  # unfolded rows and ids are copies already
+                filled.append(
+                    ghost.LayerRows(part.kind, shared, d, _transposed(uses, ks), owned=owned)
+                )
             layer = ghost.concat(filled)
             self._take(b, layer, m)
             for i, found in enumerate(reached_by_graph):
@@ -293,7 +303,7 @@ class StructuredEngine:
                 note = FallbackReason.of(Fallback.NONFINITE_BATCHED, what="recomputed loss by loss")
             except (RuntimeError, NotImplementedError) as exc:
                 note = FallbackReason.of(Fallback.VMAP_FAILED, error=first_line(exc))
-            del grads
+            grads = None  # the batched gradients (if any) are not used: free them
         at: list[torch.Tensor | None] = [None] * e
         rows = Rows([self.params[b] for b in plain], m, differentiable=False)
         via_grad: list[set[int]] = []
@@ -331,10 +341,15 @@ class StructuredEngine:
         if self.single:
             self.acc.set_final(b, gram, self._counts(b, layer, gram, 1.0))
             return
+        if not layer.owned:  # a view of a saved activation, which later batches may overwrite
+            layer = ghost.LayerRows(
+                layer.kind, layer.shared.clone(), layer.grads, layer.transposed, owned=True
+            )
         st.held.append(layer)
+        st.gram = gram  # the final Gramian, if no other batch comes
         held = sum(r.numel_held() for r in st.held)
-        if held > m * self.params[b].numel():  # rows cost more than the gradients: sum them
-            self._to_sums(b)
+        if len(st.held) > 1 and held > m * self.params[b].numel():
+            self._to_sums(b)  # the rows cost more than the gradients: sum them once
 
     def _to_sums(self, b: int) -> None:
         st = self.state[b]

@@ -40,9 +40,11 @@ told to continue one: `resume=True` continues the run the file ends with, `run_i
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import stat
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -59,7 +61,7 @@ from gradtool.analysis.layers import GroupsArg, check_groups, group_by_globs
 from gradtool.analysis.records import build_record
 from gradtool.analysis.report import DEFAULT_DEPTH, ParetoOptions, pareto_options
 from gradtool.engine import Fallback, Strategy, check_strategy, compute_gramians
-from gradtool.engine.distributed import Group, current_group
+from gradtool.engine.distributed import Group, agree, current_group, timeout_s
 from gradtool.errors import (
     GradientError,
     LossError,
@@ -196,15 +198,15 @@ class Monitor:
         self.skipped = 0
         self.dropped = 0
         self.last: Record | None = None
-        self._group = _group(distributed)
-        self._writes = self._group is None or self._group.rank == 0  # rank 0 alone writes
+        # Distributed: no collective here (a Monitor built on rank 0 alone must not hang); the
+        # ranks meet at the first recorded step (`_meet`), with a timeout.
+        group = _group(distributed)
+        self._distributed = group is not None
+        self._met = False
+        self._writes = group is None or group.rank == 0  # rank 0 alone writes
         self.run_id: str | None = run_id if run_id is not None else uuid.uuid4().hex[:12]
         if resume and self._writes:
             self.run_id = self._resumed_id()
-        if self._group is not None:  # every rank's records carry rank 0's run id
-            shared: list[Any] = [self.run_id]
-            torch.distributed.broadcast_object_list(shared, src=0)
-            self.run_id = shared[0]
         self._write_warned = False
         self._compile_warned = False
         self._torn = False  # a failed write may have left part of a line: end it first
@@ -417,15 +419,28 @@ class Monitor:
     def _analyze(
         self, model: nn.Module, losses: Mapping[str, torch.Tensor], index: int
     ) -> Record | None:
+        _check_static_graph(model)
         model = _unwrapped(_uncompiled(model))
         params = self._parameters(model) if callable(self._parameters) else self._parameters
+        group = self._meet(index, losses) if self._distributed else None
         try:
-            problem = Problem.live(model, losses, params)
-            aliases = parameter_aliases(model) if self._groups else None
-            if self._groups:  # a glob matching no parameter fails before any gradient is taken
-                group_by_globs([n for n, _ in problem.parameters], self._groups, aliases=aliases)
+            problem: Problem | None = None
+            error: BaseException | None = None
+            try:
+                problem = Problem.live(model, losses, params)
+                aliases = parameter_aliases(model) if self._groups else None
+                if self._groups:  # a glob matching no parameter fails before any gradient
+                    names = [n for n, _ in problem.parameters]
+                    group_by_globs(names, self._groups, aliases=aliases)
+            except Exception as exc:
+                error = exc
+            if group is not None:  # a failure on any rank is a failure on every rank
+                agree(group, error)
+            elif error is not None:
+                raise error
+            assert problem is not None
             result = compute_gramians(
-                problem, strategy=self._strategy, retain_graph=True, group=self._group
+                problem, strategy=self._strategy, retain_graph=True, group=group
             )
             record = build_record(
                 result,
@@ -457,6 +472,26 @@ class Monitor:
         ):
             self._strategy = "loop"  # vmap cannot run this model: do not retry it every record
         return record
+
+    def _meet(self, index: int, losses: Mapping[str, torch.Tensor]) -> Group:
+        """Return the process group, after meeting the other ranks at the first recorded step
+        (each rank must call `step` there: a Monitor on rank 0 alone would wait in the first
+        collective; here it fails after HANDSHAKE_S with the reason) and sharing rank 0's run
+        id; collectives' tensors go to the losses' device under NCCL."""
+        device = next((t.device for t in losses.values() if isinstance(t, torch.Tensor)), None)
+        group = current_group(device)
+        if group is None:
+            raise UsageError(
+                "this Monitor records a distributed run, but the process group is gone",
+                hint="call monitor.close() before torch.distributed.destroy_process_group()",
+            )
+        if not self._met:
+            _handshake(group, index)
+            shared: list[Any] = [self.run_id]
+            torch.distributed.broadcast_object_list(shared, src=0, device=group.device)
+            self.run_id = shared[0]
+            self._met = True
+        return group
 
     def _skip_nonfinite(self, index: int, exc: LossError | GradientError) -> None:
         self.skipped += 1
@@ -569,6 +604,51 @@ def _group(distributed: bool | None) -> Group | None:
     return group
 
 
+# Seconds the ranks wait for each other at a distributed Monitor's first recorded step (at most
+# the collectives' timeout, GRADTOOL_DIST_TIMEOUT).
+HANDSHAKE_S = 60.0
+_MONITORS = itertools.count()  # per process: the k-th distributed Monitor meets the others' k-th
+
+
+def _handshake(group: Group, index: int) -> None:
+    """Meet every rank through the process group's store, or raise a `UsageError` naming how many
+    ranks came: a collective would wait for a missing rank until the group's timeout."""
+    try:
+        store = torch.distributed.distributed_c10d._get_default_store()
+    except Exception:  # no store to meet through: the collectives' own timeout applies
+        return
+    key = f"gradtool/monitor/{next(_MONITORS)}"
+    store.add(key, 1)
+    wait = min(HANDSHAKE_S, timeout_s())
+    deadline = time.monotonic() + wait
+    came = store.add(key, 0)
+    while came < group.world and time.monotonic() < deadline:
+        time.sleep(0.01)
+        came = store.add(key, 0)
+    if came < group.world:
+        raise UsageError(
+            f"in a distributed run every rank must call Monitor.step: {came} of {group.world} "
+            f"ranks reached step {index} within {wait:.0f} s",
+            hint="build the Monitor and call step on every rank (rank 0 alone writes), or pass "
+            "distributed=False to record this rank's own batch",
+            option="distributed",
+            reason="missing_ranks",
+        )
+
+
+def _check_static_graph(model: nn.Module) -> None:
+    """Refuse a DistributedDataParallel model with static_graph=True: its first iteration
+    queues the gradient all-reduce on the next backward pass, which would be gradtool's own
+    (measured: the training then differs, and the ranks drift apart)."""
+    if type(model).__name__ == "DistributedDataParallel" and getattr(model, "static_graph", False):
+        raise UsageError(
+            "DistributedDataParallel(static_graph=True) hands its all-reduce to the next "
+            "backward pass, which would be gradtool's: the training would change",
+            hint="use static_graph=False (the default) on the runs you monitor",
+            reason="static_graph",
+        )
+
+
 def _unwrapped(model: nn.Module) -> nn.Module:
     """Return the module a DistributedDataParallel wraps (its parameters, under their own
     names), else `model`."""
@@ -628,6 +708,8 @@ def _is_nonfinite(exc: LossError | GradientError, losses: Mapping[str, torch.Ten
     """Return whether `exc` reports a NaN / inf loss or gradient (a monitor skips those steps)."""
     if isinstance(exc, GradientError):
         return isinstance(exc, NonFiniteGradientError)
+    if exc.reason == "nonfinite":  # also one relayed from another rank (its own loss)
+        return True
     try:
         return any(
             isinstance(v, torch.Tensor)

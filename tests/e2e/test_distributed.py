@@ -53,7 +53,7 @@ def losses(model, x):
 
 def torchrun(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("GRADTOOL_DEBUG", "FORCE_COLOR")}
-    env["GRADTOOL_DIST_TIMEOUT"] = "60"
+    env.setdefault("GRADTOOL_DIST_TIMEOUT", "60")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     return subprocess.run(
         [*cmd, *map(str, args)],
@@ -182,3 +182,46 @@ def test_fsdp_sharded_parameters_are_refused_with_one_clear_error(tmp_path: Path
     for rank in (0, 1):
         message = (tmp_path / f"error-fsdp-{rank}.txt").read_text()
         assert "is a DTensor shard (FSDP's fully_shard" in message
+
+
+def test_a_rank_without_a_batch_takes_part_with_zeros(write_gradfile) -> None:
+    """A gradfile without batches: rank 0 evaluates it, rank 1 has nothing of its own."""
+    path = write_gradfile(
+        "import torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
+        "model = nn.Linear(4, 2).double()\nx = torch.randn(6, 4, dtype=torch.float64)\n"
+        "def losses(model):\n    y = model(x)\n"
+        "    return {'a': y[:, 0].pow(2).mean(), 'b': y[:, 1].mean()}\n"
+    )
+    proc = torchrun("-m", "gradtool", "inspect", path, "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got, ref = json.loads(proc.stdout), single("inspect", path, "--json")
+    assert got["num_batches"] == ref["num_batches"] == 1
+    close(got["dot"], ref["dot"])
+
+
+def test_monitor_outcomes_under_ddp(tmp_path: Path) -> None:
+    """A Monitor on rank 0 alone fails at its first step with the reason instead of waiting in a
+    collective; a NaN loss on one rank skips that step on every rank; static_graph is refused."""
+    env_timeout = os.environ.get("GRADTOOL_DIST_TIMEOUT")
+    os.environ["GRADTOOL_DIST_TIMEOUT"] = "5"
+    try:
+        proc = torchrun(TRAIN, tmp_path, "rank0-only")
+    finally:
+        if env_timeout is None:
+            os.environ.pop("GRADTOOL_DIST_TIMEOUT")
+        else:
+            os.environ["GRADTOOL_DIST_TIMEOUT"] = env_timeout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    message = (tmp_path / "error-rank0-only-0.txt").read_text()
+    assert "every rank must call Monitor.step: 1 of 2 ranks reached step 0" in message
+
+    proc = torchrun(TRAIN, tmp_path, "nonfinite")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        records = json.loads((tmp_path / f"records-nonfinite-{rank}.json").read_text())
+        assert [r is None for r in records] == [False, True, False]
+    assert len(gradtool.read_run(tmp_path / "run-nonfinite.jsonl").records) == 2
+
+    proc = torchrun(TRAIN, tmp_path, "static")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "static_graph=True" in (tmp_path / "error-static-0.txt").read_text()

@@ -424,3 +424,122 @@ def test_a_weight_that_changes_path_between_batches_stays_exact(paths: tuple[str
     got = check(trunk(d=30), losses, list(range(len(paths))))  # wide: rows held, not summed
     if "decay" in paths:
         assert got.uncovered["mid.weight"] == "also used by PowBackward0"
+
+
+# --- found in review: each case against the loop ------------------------------------------------
+
+
+def test_vmap_failing_inside_a_checkpoint_falls_back_loss_by_loss() -> None:
+    """Dropout recomputed in a non-reentrant checkpoint: vmap cannot batch the random op."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Dropout(0.5), nn.Linear(64, 2)).double()
+    x = torch.randn(4, 64, dtype=torch.float64)
+
+    def losses(m: nn.Sequential) -> dict[str, torch.Tensor]:
+        torch.manual_seed(1)  # the same dropout mask in every run
+        y = checkpoint(m, x, use_reentrant=False)
+        return {"a": y[:, 0].pow(2).mean(), "b": y[:, 1].mean()}
+
+    got = check(net, losses)
+    assert got.fell_back(Fallback.VMAP_FAILED)
+
+
+def test_a_tensor_hook_on_a_weight_keeps_it_plain() -> None:
+    model = trunk()
+    model.mid.weight.register_hook(lambda g: 3 * g)
+    got = check(model, lambda m: heads(m, m.features(X)))
+    assert got.uncovered["mid.weight"] == "a tensor hook on it changes its gradient"
+
+
+def test_a_weight_cast_to_complex_is_not_taken_by_rows() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3, bias=False).double()
+    z = torch.randn(5, 4, dtype=torch.complex128)
+
+    def losses(m: nn.Linear) -> dict[str, torch.Tensor]:
+        y = z @ m.weight.to(torch.complex128).t()
+        return {"a": y.abs().pow(2).mean(), "b": y.real.mean()}
+
+    got = check(model, losses)
+    assert "weight" in got.uncovered
+
+
+def test_a_sparse_input_is_not_taken_by_rows() -> None:
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 3, dtype=torch.float64))
+    model = nn.ParameterDict({"w": w})
+    x = torch.randn(5, 4, dtype=torch.float64).relu().to_sparse()
+
+    def losses(m: nn.ParameterDict) -> dict[str, torch.Tensor]:
+        y = torch.mm(x, m["w"])
+        return {"a": y.pow(2).mean(), "b": y.sin().mean()}
+
+    got = check(model, losses)
+    assert got.uncovered["w"].startswith("its input is not available")
+
+
+def test_rows_held_across_batches_survive_a_refilled_input_buffer() -> None:
+    """A model that copies each batch into one static buffer (the CUDA-graph pattern)."""
+    torch.manual_seed(0)
+
+    class Static(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("static", torch.zeros(4, 8, dtype=torch.float64))
+            self.net = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.static.copy_(x)
+            return self.net(self.static)
+
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randn(4, 8, dtype=torch.float64, generator=g) for _ in range(3)]
+
+    def losses(m: Static, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        y = m(x)
+        return {"a": y[:, 0].pow(2).mean(), "b": y[:, 1].mean()}
+
+    check(Static(), losses, batches)
+
+
+def test_a_non_finite_gradient_at_a_padding_position_is_dropped_as_torch_does() -> None:
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"e": nn.Embedding(7, 3, padding_idx=0)}).double()
+    ids = torch.tensor([[0, 2, 3], [4, 0, 0]])
+
+    def losses(m: nn.ModuleDict) -> dict[str, torch.Tensor]:
+        h = m["e"](ids)
+        return {"a": h.abs().sqrt().sum(), "b": h.sum()}  # sqrt'(0) = inf at the pads
+
+    got = check(model, losses)
+    assert int(got.nonfinite.sum()) == 0
+
+
+def test_float16_weights_keep_their_own_overflowing_gradient() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64)).half()
+    x = torch.full((8, 64), 30.0, dtype=torch.float16)
+
+    def losses(m: nn.Sequential) -> dict[str, torch.Tensor]:
+        y = m(x)
+        return {"a": (y.float() * 4000).sum(), "b": y.float().mean()}
+
+    ref = compute_gramians(problem(model, losses), strategy="loop")
+    got = compute_gramians(problem(model, losses), strategy="structured")
+    assert torch.equal(got.nonfinite, ref.nonfinite)
+    assert got.uncovered["0.weight"].startswith("float16")
+
+
+@pytest.mark.parametrize("padding", ["valid", 0, (1, 2)])
+def test_conv_padding_forms_and_unbatched_inputs(padding: object) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=padding).double()
+    model = nn.ModuleDict({"conv": conv})
+    x = torch.randn(2, 7, 6, dtype=torch.float64)  # unbatched: (C, H, W)
+
+    def losses(m: nn.ModuleDict) -> dict[str, torch.Tensor]:
+        y = m["conv"](x)
+        return {"a": y.pow(2).mean(), "b": y[0].sin().sum()}
+
+    got = check(model, losses)
+    assert "conv.weight" not in got.uncovered
