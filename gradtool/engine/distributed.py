@@ -5,7 +5,8 @@ or, in DDP training, its share of the global batch). The Gramian of the global m
 needs the sums added across ranks before any product (its cross-rank terms), so:
 1. the parameter blocks are split into R contiguous shares of about P/R values each;
 2. one reduce-scatter of the (m, P) sums leaves on each rank the global sum of its share:
-   each rank sends and receives about (R-1)/R x m x P numbers;
+   a ring reduce-scatter (NCCL's) sends (R-1)/R x m x P numbers per rank; gloo's sends twice
+   that, what an all-reduce would (measured: benchmarks/bench_distributed.py);
 3. each rank forms its share's block Gramians (float64), and one all-reduce of the (P_blocks, m,
    m) Gramians, non-finite counts, reach and loss sums (O(P_blocks m^2) numbers) gives every rank
    the whole result; the per-batch Gramians (for batch statistics) are gathered in batch order.
