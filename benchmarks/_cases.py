@@ -1,9 +1,9 @@
 """The benchmark models and their m losses, shared by the benchmark scripts.
 
 Every case is a shared trunk (an MLP of about 3M parameters, a small CNN, a small transformer
-encoder) feeding m linear heads, one per loss: loss i is the MSE of head i against target i, so
-every loss reaches the whole trunk and its own head only (the other heads are unused by it), the
-realistic multi-task case.
+encoder, token-heavy linear layers, an MLP of 50M parameters) feeding m linear heads, one per
+loss: loss i is the MSE of head i against target i, so every loss reaches the whole trunk and its
+own head only (the other heads are unused by it), the realistic multi-task case.
 """
 
 from __future__ import annotations
@@ -82,13 +82,42 @@ def transformer_trunk() -> tuple[nn.Module, int, tuple[int, ...]]:
     return trunk, 128, (32, 16)
 
 
+def tokens_trunk() -> tuple[nn.Module, int, tuple[int, ...]]:
+    """Return token-heavy layers: two linear layers (d 256) applied to 512 tokens per example."""
+    trunk = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), MeanPool())
+    return trunk, 256, (512, 64)
+
+
+def big_mlp_trunk() -> tuple[nn.Module, int, tuple[int, ...]]:
+    """Return an MLP trunk of about 50M parameters (widths 2048-4096-4096-4096-2048)."""
+    trunk = nn.Sequential(
+        nn.Linear(2048, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
+        nn.Linear(4096, 2048),
+        nn.ReLU(),
+    )
+    return trunk, 2048, (2048,)
+
+
 TRUNKS: dict[str, Callable[[], tuple[nn.Module, int, tuple[int, ...]]]] = {
     "mlp": mlp_trunk,
     "cnn": cnn_trunk,
     "transformer": transformer_trunk,
+    "tokens": tokens_trunk,
+    "mlp50m": big_mlp_trunk,
 }
 # Batch sizes giving one backward pass of 10-100 ms on one CPU thread.
-BATCH_SIZES: dict[str, int] = {"mlp": 128, "cnn": 32, "transformer": 32}
+BATCH_SIZES: dict[str, int] = {
+    "mlp": 128,
+    "cnn": 32,
+    "transformer": 32,
+    "tokens": 8,
+    "mlp50m": 64,
+}
 
 
 @dataclass
@@ -113,12 +142,15 @@ class Case:
         return sum(p.numel() for _, p in self.params)
 
 
-def make_case(name: str, m: int, device: str = "cpu", seed: int = 0) -> Case:
-    """Return the case `name` with `m` losses, its model and batch on `device`."""
+def make_case(
+    name: str, m: int, device: str = "cpu", seed: int = 0, batch: int | None = None
+) -> Case:
+    """Return the case `name` with `m` losses, its model and batch (default size: BATCH_SIZES)
+    on `device`."""
     torch.manual_seed(seed)
     trunk, features, shape = TRUNKS[name]()
     model = MultiTask(trunk, features, m).to(device)
-    batch = BATCH_SIZES[name]
+    batch = batch or BATCH_SIZES[name]
     x = torch.randn(batch, *shape, device=device)
     y = torch.randn(batch, m, device=device)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
