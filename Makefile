@@ -10,10 +10,14 @@ STAMP := $(VENV)/.gradtool-installed
 
 .PHONY: install demo monitor-demo test lint format clean
 
+# The dev extra brings what the tests need, Lightning, transformers and TensorBoard included; a
+# constraint pins the torch installed first, so that none of them replaces it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-c $(VENV)/torch-pin.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
