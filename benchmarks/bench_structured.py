@@ -53,7 +53,7 @@ from _common import (
     table,
     write_section,
 )
-from bench_engine import autojac, hand_loop
+from bench_engine import _reset_hwm, _sync, autojac, hand_loop
 
 from gradtool.engine import compute_gramians
 from gradtool.problem import Problem
@@ -131,11 +131,6 @@ def contenders(case: Case, only: str | None = None) -> dict[str, Callable[[Case]
     return out
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_case(case: Case, repeats: int, device: str) -> tuple[dict[str, float], dict[str, float]]:
     fns = contenders(case)
     names = list(fns)
@@ -159,21 +154,14 @@ def time_case(case: Case, repeats: int, device: str) -> tuple[dict[str, float], 
     return {n: median(t) for n, t in times.items()}, errors
 
 
-def _reset_hwm() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def worker(spec: str, device: str) -> None:
     """Print, as JSON, one contender's peak memory (bytes) in this fresh process."""
     model, batch, m, name = spec.split(":", 3)
     before = rss_bytes()
     case = make_case(model, int(m), device=device, batch=int(batch) or None)
-    if name == "forward":
-        fn: Callable[[Case], object] = case.losses
-        fn = lambda c: c.losses(c.model)  # noqa: E731
-    else:
-        fn = contenders(case, only=name)[name]
+    fn: Callable[[Case], object] = (
+        (lambda c: c.losses(c.model)) if name == "forward" else contenders(case, only=name)[name]
+    )
     fn(case)
     gc.collect()
     if device.startswith("cuda"):
@@ -238,9 +226,7 @@ def main() -> None:
         args.device,
         [
             f"torch threads: {args.threads}; repeats: {args.repeats} (median); "
-            f"gradtool {git_describe()}; command: `python benchmarks/bench_structured.py"
-            + (" --quick" if args.quick else "")
-            + "`",
+            f"gradtool {git_describe()}",
             "Times include the forward pass; `x loop`, `x autogram` and `x previous` are time "
             "ratios of gradtool's default (`auto`) to the hand-written loop, TorchJD's autogram "
             "and gradtool's previous default (`loop`), measured side by side (`forced`: "

@@ -120,12 +120,7 @@ def _distributed(
                 other_leaves=others,
                 materialise=True,
             )
-            for batch in batches:
-                losses = problem.evaluate(batch)
-                engine.add(losses)
-                del losses
-                if progress is not None:
-                    progress(acc.count)
+            _feed(problem, engine, batches, progress)
         else:
             _accumulate(
                 problem, acc, batches, False, strategy, progress, low_memory, retain_graph, others
@@ -140,6 +135,21 @@ def _distributed(
         result.paths = engine.paths()
         result.uncovered = dict(engine.uncovered)
     return result
+
+
+def _feed(
+    problem: Problem,
+    engine: StructuredEngine,
+    batches: Iterable[object],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Evaluate each batch's losses and add them to `engine`, one batch's graph at a time."""
+    for batch in batches:
+        losses = problem.evaluate(batch)
+        engine.add(losses)
+        del losses
+        if progress is not None:
+            progress(engine.acc.count)
 
 
 def _structured(
@@ -160,12 +170,7 @@ def _structured(
         retain_graph=retain_graph,
         other_leaves=others,
     )
-    for batch in batches:
-        losses = problem.evaluate(batch)
-        engine.add(losses)
-        del losses
-        if progress is not None:
-            progress(acc.count)
+    _feed(problem, engine, batches, progress)
     engine.finish()
     result = acc.result()
     if engine.ran:
