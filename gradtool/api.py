@@ -27,6 +27,9 @@ from gradtool.analysis import (
 )
 from gradtool.analysis.affinity import check_lr
 from gradtool.analysis.layers import GroupsArg, check_groups, group_by_globs
+from gradtool.analysis.loss_groups import LossGroupsArg, check_loss_groups, group_losses
+from gradtool.analysis.report import DEFAULT_TOP, check_top
+from gradtool.analysis.timeline import check_ema
 from gradtool.engine import Strategy, compute_gramians, distributed
 from gradtool.engine.distributed import Group
 from gradtool.errors import UsageError, opt
@@ -56,6 +59,10 @@ class InspectRequest:
     # Parameter groups across modules: name -> glob(s) on the dotted parameter names; a table
     # beside the layers (`Report.groups`).
     groups: GroupsArg | None = None
+    top: int = DEFAULT_TOP  # the most conflicting pairs kept (`Report.top_pairs`)
+    # Loss groups: name -> glob(s) on the loss names; the Gramian of each group's summed
+    # gradient (`Report.loss_groups`).
+    loss_groups: LossGroupsArg | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
     `gradtool.engine.distributed`); a failure on one rank is an error on every rank.
     """
     groups = check_groups(request.groups)
+    check_top(request.top)
+    check_loss_groups(request.loss_groups)
     problem, group = _load_distributed(
         request.gradfile, request.load, check=lambda problem: _check_groups(problem, groups)
     )
@@ -107,6 +116,8 @@ def run_gradfile(request: InspectRequest, progress: Callable[[int], None] | None
         conflict_threshold=request.conflict_threshold,
         groups=groups,
         aliases=parameter_aliases(problem.model) if groups else None,
+        top=request.top,
+        loss_groups=request.loss_groups,
     )
     report.warnings = [*problem.notes, *report.warnings]
     return report
@@ -204,11 +215,30 @@ def run_report(
     *,
     run_id: str | int | None = None,
     conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
+    top: int = DEFAULT_TOP,
+    loss_groups: LossGroupsArg | None = None,
+    ema: float | None = None,
 ) -> TimelineReport:
     """Return the TimelineReport of the run log at `run` (a Monitor's JSON lines): of its last
     run, or of `run_id` (an id, a unique beginning of one, or '#k' for the k-th run, '#-1' the
-    last); a record's cosine below -`conflict_threshold` is a conflict."""
-    return build_timeline(read_run(run, run=run_id), conflict_threshold=conflict_threshold)
+    last); a record's cosine below -`conflict_threshold` is a conflict.
+
+    `top`: the pairs most often in conflict kept (`top_pairs`); `loss_groups` (name -> globs
+    on the loss names): each group's summed gradient over the run; `ema` (alpha in (0, 1)):
+    the tables are of the cosines, norms and MGDA weights smoothed over the records,
+    s_t = alpha x_t + (1 - alpha) s_{t-1} (the raw series stay in `series`).
+    """
+    check_top(top)
+    check_loss_groups(loss_groups)
+    if ema is not None:
+        check_ema(ema)
+    return build_timeline(
+        read_run(run, run=run_id),
+        conflict_threshold=conflict_threshold,
+        top=top,
+        loss_groups=loss_groups,
+        ema=ema,
+    )
 
 
 def analyze(
@@ -222,6 +252,8 @@ def analyze(
     retain_graph: bool = True,
     conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
     groups: GroupsArg | None = None,
+    top: int = DEFAULT_TOP,
+    loss_groups: LossGroupsArg | None = None,
 ) -> Report:
     """Return the Report for live loss tensors of `model`, as `gradtool inspect` would.
 
@@ -229,13 +261,20 @@ def analyze(
     every parameter of `model` that requires grad. `pareto`: True (or `ParetoOptions`) adds the
     MGDA section; a pair conflicts where cos < -conflict_threshold. `groups` maps a name to
     one glob or a list of globs on the dotted parameter names (`{"attention": "*.attn.*"}`):
-    each group's norms and cosines over its parameters, across modules (`Report.groups`). The
+    each group's norms and cosines over its parameters, across modules (`Report.groups`).
+    `top`: how many of the most conflicting pairs `Report.top_pairs` keeps. `loss_groups` maps a
+    name to one glob or a list of globs on the loss names (`{"aux": "aux_*"}`): the Gramian of
+    each group's summed gradient, G_AB = sum_{i in A, j in B} G_ij (`Report.loss_groups`). The
     graph is retained (so the caller's own `backward` still works) unless
     `retain_graph=False`; no `.grad` is touched.
     """
     checked = check_groups(groups)
+    check_top(top)
+    checked_losses = check_loss_groups(loss_groups)
     problem = Problem.live(model, losses, parameters)
     _check_groups(problem, checked)
+    if checked_losses:  # a glob matching no loss fails before any gradient
+        group_losses(list(losses), checked_losses)
     result = compute_gramians(problem, strategy=strategy, retain_graph=retain_graph)
     return build_report(
         result,
@@ -246,6 +285,8 @@ def analyze(
         meta={**_versions(), **_problem_meta(problem)},
         groups=checked,
         aliases=parameter_aliases(model) if checked else None,
+        top=top,
+        loss_groups=checked_losses,
     )
 
 

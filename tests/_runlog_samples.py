@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -79,3 +80,25 @@ def write_run(path: Path, records: Sequence[Record], *, header: bool = True) -> 
     lines += [r.to_json() for r in records]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def many_losses_run(
+    m: int = 12, records: int = 8, *, dim: int = 6, seed: int = 0, prefix: str = "l"
+) -> list[Record]:
+    """Return `records` records (steps 0, 10, ...) of `m` losses named `prefix` + k (two digits)
+    with random gradients in `dim` dimensions (a seeded `random.Random`), loss values k + 1 / (t
+    + 1), and one layer `trunk` holding the same vectors."""
+    rng = random.Random(seed)
+    names = [f"{prefix}{k:02d}" for k in range(m)]
+    out = []
+    for t in range(records):
+        vectors = {n: [rng.gauss(0, 1) for _ in range(dim)] for n in names}
+        out.append(
+            make_record(
+                10 * t,
+                vectors,
+                layers={"trunk": vectors},
+                loss_values={n: k + 1 / (t + 1) for k, n in enumerate(names)},
+            )
+        )
+    return out

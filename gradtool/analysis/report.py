@@ -28,6 +28,13 @@ from gradtool.analysis.layers import (
     layers_of,
     ungrouped,
 )
+from gradtool.analysis.loss_groups import (
+    LossGroup,
+    LossGroupsArg,
+    check_loss_groups,
+    group_losses,
+    losses_in_no_group,
+)
 from gradtool.engine import EngineResult, Fallback
 from gradtool.errors import NonFiniteGradientError, UsageError, opt
 from gradtool.linalg import gramian as gm
@@ -36,8 +43,10 @@ from gradtool.results.report import (
     BatchStats,
     GradientStats,
     LayerStats,
+    LossGroupStats,
     ParetoReport,
     Report,
+    TopPair,
     conflict_line,
     inert,
 )
@@ -51,6 +60,23 @@ DEFAULT_DEPTH = 3
 DEFAULT_CONFLICT_THRESHOLD = 0.05
 # A min-norm |d| at most this fraction of the largest gradient norm is 0 up to round-off.
 ROUND_OFF = 1e-12
+# The most conflicting pairs kept in `Report.top_pairs` (and shown where the full pair table
+# would be too long): m losses have m (m - 1) / 2 pairs, 4950 for 100 losses.
+DEFAULT_TOP = 10
+# Verdict sentences of one kind (conflicts over batches, ...) before "N more".
+VERDICT_LINES = 3
+
+
+def check_top(top: int) -> int:
+    """Return `top` (how many of the most conflicting pairs to keep) after checking it is an
+    integer of at least 1."""
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise UsageError(
+            f"{opt('top')} should be a whole number of at least 1; found {top!r}",
+            hint=f"it is how many of the most conflicting pairs to list (default {DEFAULT_TOP})",
+            option="top",
+        )
+    return top
 
 
 def check_conflict_threshold(threshold: float) -> float:
@@ -103,15 +129,23 @@ def build_report(
     conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
     groups: GroupsArg | None = None,
     aliases: Mapping[str, Sequence[str]] | None = None,
+    top: int = DEFAULT_TOP,
+    loss_groups: LossGroupsArg | None = None,
 ) -> Report:
     """Return the Report for `result`; raise `NonFiniteGradientError` on non-finite entries.
 
     `conflict_threshold` tau: a cosine below -tau is a conflict (see the module docstring).
     `groups` (name -> globs on the parameter names; `aliases`: other names of tied parameters)
     adds a table of parameter groups beside the layers (`Report.groups`, `Report.ungrouped`).
+    `top`: how many of the most conflicting pairs `Report.top_pairs` keeps. `loss_groups`
+    (name -> globs on the loss names) adds the Gramian of each group's summed gradient,
+    G_AB = sum_{i in A, j in B} G_ij (`Report.loss_groups`).
     """
     tau = check_conflict_threshold(conflict_threshold)
+    k = check_top(top)
+    checked_losses = check_loss_groups(loss_groups)
     names = result.loss_names
+    chosen = group_losses(names, checked_losses) if checked_losses else None
     check_finite(result)
     g = result.gramian
     n = gm.norms(g)
@@ -140,6 +174,15 @@ def build_report(
     batch_stats = None
     if result.batch_gramians is not None:
         batch_stats = _batch_stats(result.batch_gramians, tau)
+    conflict = gm.offdiagonal_below(cos, tau)
+    angles = gm.angle_deg(cos)
+    top_pairs = [
+        _top_pair(names, i, j, cos, angles, conflict, batch_stats)
+        for i, j in gm.lowest_pairs(cos, k)
+    ]
+    group_report = None
+    if chosen is not None:
+        group_report = _loss_groups(chosen, names, g, result.loss_values, tau)
     pareto_report, methods, method_warnings = None, None, []
     if pareto is not None:
         solved = pareto_solution(
@@ -167,14 +210,16 @@ def build_report(
         unreached=unreached,
         dot=to_list(g),
         cosine=to_list(cos),
-        angle_deg=to_list(gm.angle_deg(cos)),
+        angle_deg=to_list(angles),
         magnitude_similarity=to_list(gm.magnitude_similarity(g)),
         conflict_threshold=tau,
-        conflict=gm.offdiagonal_below(cos, tau).tolist(),
+        conflict=conflict.tolist(),
         layers=layers,
         depth=depth,
         groups=group_stats,
         ungrouped=left_out,
+        top_pairs=top_pairs,
+        loss_groups=group_report,
         batch_stats=batch_stats,
         pareto=pareto_report,
         methods=methods,
@@ -183,6 +228,11 @@ def build_report(
             "fallback_reason": result.fallback_reason,
             **structured_meta(result),
             **({"groups": {k: list(v) for k, v in checked.items()}} if checked else {}),
+            **(
+                {"loss_groups": {k: list(v) for k, v in checked_losses.items()}}
+                if checked_losses
+                else {}
+            ),
             **(meta or {}),
         },
     )
@@ -209,6 +259,73 @@ def _share(layer: Layer, result: EngineResult, tau: float) -> LayerStats:
         },
         lowest_pair=gm.lowest_pair(cos_layer),
         conflict=gm.offdiagonal_below(cos_layer, tau).tolist(),
+    )
+
+
+def _top_pair(
+    names: Sequence[str],
+    i: int,
+    j: int,
+    cos: torch.Tensor,
+    angles: torch.Tensor,
+    conflict: torch.Tensor,
+    stats: BatchStats | None,
+) -> TopPair:
+    """Return the pair (i, j) of the most conflicting ones: its whole-model cosine and angle,
+    and over batches its mean cosine, standard error and the batches below the threshold."""
+    pair = TopPair(
+        a=names[i],
+        b=names[j],
+        i=i,
+        j=j,
+        cosine=_finite(cos[i, j]),
+        angle_deg=_finite(angles[i, j]),
+        conflict=bool(conflict[i, j]),
+    )
+    if stats is not None:
+        defined, below = stats.defined[i][j], stats.below_threshold[i][j]
+        pair.batch_cos_mean = stats.cosine_mean[i][j]
+        pair.batch_cos_stderr = stats.cosine_stderr[i][j]
+        pair.batch_conflict = stats.conflict[i][j]
+        pair.batches_defined = defined
+        pair.batches_below = below
+        pair.batch_conflict_fraction = below / defined if defined else None
+    return pair
+
+
+def _finite(x: torch.Tensor) -> float | None:
+    return _finite_float(float(x))
+
+
+def _finite_float(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def _loss_groups(
+    groups: Sequence[LossGroup],
+    names: Sequence[str],
+    g: torch.Tensor,
+    values: Sequence[float],
+    tau: float,
+) -> LossGroupStats:
+    """Return the loss groups' statistics from the losses' Gramian G: the Gramian of the summed
+    gradients G_AB = sum_{i in A, j in B} G_ij, its norms, cosines, angles and conflicts."""
+    gg = gm.summed(g, [group.indices for group in groups])
+    cos = gm.cosine(gg)
+    norms = gm.norms(gg)
+    labels = [group.name for group in groups]
+    return LossGroupStats(
+        names=labels,
+        members={group.name: list(group.losses) for group in groups},
+        ungrouped=losses_in_no_group(names, groups),
+        loss_values={
+            group.name: _finite_float(sum(values[i] for i in group.indices)) for group in groups
+        },
+        norms={name: _finite(norms[k]) for k, name in enumerate(labels)},
+        dot=to_list(gg),
+        cosine=to_list(cos),
+        angle_deg=to_list(gm.angle_deg(cos)),
+        conflict=gm.offdiagonal_below(cos, tau).tolist(),
     )
 
 
@@ -328,6 +445,7 @@ def verdict(report: Report) -> list[str]:
             f"and {names[j]}; a conflict is cos < {conflict_line(tau)})"
         )
     lines += _batch_verdict(report, names)
+    lines += _loss_groups_verdict(report)
     norms = {inert(k): v.norm for k, v in report.gradients.items() if v.norm}
     if len(norms) >= 2:
         big = max(norms, key=lambda k: norms[k])
@@ -341,14 +459,40 @@ def verdict(report: Report) -> list[str]:
     return lines
 
 
+def _loss_groups_verdict(report: Report) -> list[str]:
+    """Return a sentence per pair of loss groups whose summed gradients conflict (the lowest
+    VERDICT_LINES, then how many more)."""
+    groups = report.loss_groups
+    if groups is None:
+        return []
+    labels = [inert(name) for name in groups.names]
+    q = len(labels)
+    found = sorted(
+        (c, x, y)
+        for x in range(q)
+        for y in range(x + 1, q)
+        if groups.conflict[x][y] and (c := groups.cosine[x][y]) is not None
+    )
+    lines = [
+        f"loss groups {labels[x]} and {labels[y]} conflict (cos {c:+.2f} of their summed gradients)"
+        for c, x, y in found[:VERDICT_LINES]
+    ]
+    if len(found) > VERDICT_LINES:
+        more = len(found) - VERDICT_LINES
+        lines.append(f"{more} more {'pair' if more == 1 else 'pairs'} of loss groups conflict")
+    return lines
+
+
 def _batch_verdict(report: Report, names: Sequence[str]) -> list[str]:
     """Return a sentence per pair that conflicts over batches but not on the mean gradient, and
-    per pair that is below -tau in some batches without conflicting on average."""
+    per pair that is below -tau in some batches without conflicting on average: of each kind
+    the VERDICT_LINES of lowest mean cosine at most (in pair order), then how many more."""
     stats = report.batch_stats
     if stats is None:
         return []
     tau = report.conflict_threshold
-    lines = []
+    over: list[tuple[float, str]] = []
+    some: list[tuple[float, str]] = []
     m = len(names)
     for i in range(m):
         for j in range(i + 1, m):
@@ -359,15 +503,31 @@ def _batch_verdict(report: Report, names: Sequence[str]) -> list[str]:
             spread = f"per-batch cos {mean:+.2f} ± {stderr:.2f}, mean ± standard error"
             where = f"{n} batches where the cosine is defined"
             if stats.conflict[i][j]:
-                lines.append(
-                    f"{names[i]} and {names[j]} conflict over batches ({spread} over the {where}; "
-                    f"below {conflict_line(tau)} in {below} of them)"
+                over.append(
+                    (
+                        mean,
+                        f"{names[i]} and {names[j]} conflict over batches ({spread} over the "
+                        f"{where}; below {conflict_line(tau)} in {below} of them)",
+                    )
                 )
             elif below:
-                lines.append(
-                    f"{names[i]} and {names[j]}: cos < {conflict_line(tau)} in {below} of the "
-                    f"{where}, but no conflict on average ({spread})"
+                some.append(
+                    (
+                        mean,
+                        f"{names[i]} and {names[j]}: cos < {conflict_line(tau)} in {below} of "
+                        f"the {where}, but no conflict on average ({spread})",
+                    )
                 )
+    lines = []
+    for found, more in (
+        (over, "conflict over batches, not on the mean gradient"),
+        (some, f"have cos < {conflict_line(tau)} in some batches, with no conflict on average"),
+    ):
+        # the lowest mean cosines, shown in pair order
+        kept = sorted(sorted(range(len(found)), key=lambda k: found[k][0])[:VERDICT_LINES])
+        lines += [found[k][1] for k in kept]
+        if len(found) > VERDICT_LINES:
+            lines.append(f"{len(found) - VERDICT_LINES} more pairs {more}")
     return lines
 
 

@@ -14,6 +14,13 @@ appendix A.1, from the batch sizes b and R b), see `noise_timeline`:
 
     S = (R G_ii - L_ii) / (R - 1),   N = R (L_ii - G_ii) / (R - 1),   noise scale = N / S.
 
+For many losses: `top_pairs` ranks the pairs by how often they conflict, then by their mean
+cosine; loss groups (`loss_groups`, globs on the loss names) give each record's Gramian of the
+summed gradients g_A = sum_{i in A} g_i, G_AB = sum_{i in A, j in B} G_ij; an exponential moving
+average over the records (`ema` = alpha, s_t = alpha x_t + (1 - alpha) s_{t-1}) smooths the
+cosines, norms and MGDA weights before the tables and figures are made of them (the raw series
+stay in `series`).
+
 The report is plain data, serialisable like `Report` (schema_version 1, NaN as null); the
 renderer and the plots only format it.
 """
@@ -27,7 +34,20 @@ from typing import Any
 import torch
 
 from gradtool.analysis.convert import to_list
-from gradtool.analysis.report import DEFAULT_CONFLICT_THRESHOLD, check_conflict_threshold
+from gradtool.analysis.loss_groups import (
+    LossGroup,
+    LossGroupsArg,
+    check_loss_groups,
+    group_losses,
+    losses_in_no_group,
+)
+from gradtool.analysis.report import (
+    DEFAULT_CONFLICT_THRESHOLD,
+    DEFAULT_TOP,
+    check_conflict_threshold,
+    check_top,
+)
+from gradtool.errors import UsageError, opt
 from gradtool.linalg import gramian as gm
 from gradtool.linalg.pareto import pareto_solution
 from gradtool.results.base import nan_for_none
@@ -35,12 +55,14 @@ from gradtool.results.report import conflict_line, inert
 from gradtool.results.runlog import Record, RunLog
 from gradtool.results.timeline import (
     LayerTimeline,
+    LossGroupTimeline,
     LossTimeline,
     MgdaRow,
     NoiseRow,
     NoiseTimeline,
     PairTimeline,
     Series,
+    SmoothedSeries,
     TimelineReport,
     TimelineSeries,
     WeightTimeline,
@@ -50,15 +72,73 @@ TREND_POINTS = 10  # points of the downsampled series shown as sparklines
 MGDA_ROWS = 8  # recorded steps shown in the MGDA-weights-over-time table
 
 
+def check_ema(alpha: float) -> float:
+    """Return the EMA's alpha (the newest record's weight) as a float after checking
+    0 < alpha < 1."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 < value < 1.0):
+        raise UsageError(
+            f"{opt('ema')} should be a number between 0 and 1 (the newest record's weight); "
+            f"found {alpha!r}",
+            hint="e.g. 0.1 averages over about 10 records (half-life 6.6 records); smaller "
+            "smooths more",
+            option="ema",
+        )
+    return value
+
+
+def half_life(alpha: float) -> float:
+    """Return the EMA's half-life in records, ln 2 / -ln(1 - alpha): a record's weight halves
+    every that many records."""
+    return math.log(2.0) / -math.log1p(-alpha)
+
+
+def ema(values: Sequence[float | None], alpha: float) -> Series:
+    """Return the exponential moving average of `values` over the records: s_0 = x_0,
+    s_t = alpha x_t + (1 - alpha) s_{t-1}, i.e. s_t = (1 - alpha)^t x_0 +
+    sum_{k=1..t} alpha (1 - alpha)^(t-k) x_k. An undefined (None or non-finite) x_t gives None
+    and leaves the average unchanged; the first defined value starts it."""
+    x = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64)
+    return to_list(ema_tensor(x, check_ema(alpha)))
+
+
+def ema_tensor(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Return `ema` along the first axis of `x` (records first), entrywise; NaN is undefined."""
+    out = torch.full_like(x, math.nan, dtype=torch.float64)
+    state = torch.full(x.shape[1:], math.nan, dtype=torch.float64)
+    for t in range(x.shape[0]):
+        xt = x[t].to(torch.float64)
+        ok = torch.isfinite(xt)
+        blended = torch.where(torch.isfinite(state), alpha * xt + (1 - alpha) * state, xt)
+        state = torch.where(ok, blended, state)
+        out[t] = torch.where(ok, state, math.nan)
+    return out
+
+
 def build_timeline(
     run: RunLog | Sequence[Record],
     *,
     source: str = "",
     conflict_threshold: float = DEFAULT_CONFLICT_THRESHOLD,
+    top: int = DEFAULT_TOP,
+    loss_groups: LossGroupsArg | None = None,
+    ema: float | None = None,
 ) -> TimelineReport:
     """Return the TimelineReport of a run log (or of records, oldest first); a record's cosine
-    below -`conflict_threshold` is a conflict."""
+    below -`conflict_threshold` is a conflict.
+
+    `top`: how many pairs `top_pairs` keeps (most often in conflict first). `loss_groups`
+    (name -> globs on the loss names) adds the groups' summed gradients over the run. `ema`
+    (alpha, 0 < alpha < 1) smooths the cosines, norms and MGDA weights over the records before
+    the tables are made of them: s_t = alpha x_t + (1 - alpha) s_{t-1}.
+    """
     tau = check_conflict_threshold(conflict_threshold)
+    count = check_top(top)
+    alpha = None if ema is None else check_ema(ema)
+    checked_groups = check_loss_groups(loss_groups)
     if isinstance(run, RunLog):
         records, warnings = run.records, list(run.warnings)
         source = source or str(run.path)
@@ -77,28 +157,34 @@ def build_timeline(
     if not records:
         raise ValueError("a timeline needs at least one record")
     names = list(records[0].losses)
+    chosen = group_losses(names, checked_groups) if checked_groups else None
     m = len(names)
     steps = [r.step for r in records]
     grams = [gm.as_gramian(r.gramian()) for r in records]
     norms = torch.stack([gm.norms(g) for g in grams])  # (R, m)
     cos = torch.stack([gm.cosine(g) for g in grams])  # (R, m, m)
     pairs_idx = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    weights, min_norms, stationary = _mgda(records, grams, names)
+    # what the tables are made of: the raw series, or their EMA
+    shown_norms, shown_cos, shown_weights = norms, cos, weights
+    if alpha is not None:
+        shown_norms, shown_cos = ema_tensor(norms, alpha), ema_tensor(cos, alpha)
+        shown_weights = ema_tensor(weights, alpha)
 
-    pairs = [_pair(names[i], names[j], cos[:, i, j], steps, tau) for i, j in pairs_idx]
+    pairs = [_pair(names[i], names[j], shown_cos[:, i, j], steps, tau) for i, j in pairs_idx]
     loss_trends = [
-        _loss(name, [r.loss_values.get(name) for r in records], norms[:, i])
+        _loss(name, [r.loss_values.get(name) for r in records], shown_norms[:, i])
         for i, name in enumerate(names)
     ]
-    weights, min_norms, stationary = _mgda(records, grams, names)
-    mgda = [_weight(name, weights[:, i]) for i, name in enumerate(names)]
+    mgda = [_weight(name, shown_weights[:, i]) for i, name in enumerate(names)]
     rows = [
         MgdaRow(
-            step=steps[k],
-            weights={name: _f(weights[k, i]) for i, name in enumerate(names)},
-            min_norm=_f(min_norms[k]),
-            stationary=stationary[k],
+            step=steps[t],
+            weights={name: _f(shown_weights[t, i]) for i, name in enumerate(names)},
+            min_norm=_f(min_norms[t]),
+            stationary=stationary[t],
         )
-        for k in _sample(len(records), MGDA_ROWS)
+        for t in _sample(len(records), MGDA_ROWS)
     ]
     layer_names, lowest, layers = _layers(records, names, pairs_idx, steps, tau)
     series = TimelineSeries(
@@ -111,6 +197,21 @@ def build_timeline(
         layer_names=layer_names,
         layer_lowest_cos=lowest,
     )
+    smoothed = None
+    if alpha is not None:
+        smoothed = SmoothedSeries(
+            alpha=alpha,
+            half_life=half_life(alpha),
+            norms={name: to_list(shown_norms[:, i]) for i, name in enumerate(names)},
+            cosine={
+                p.key: to_list(shown_cos[:, i, j])
+                for p, (i, j) in zip(pairs, pairs_idx, strict=True)
+            },
+            mgda_weights={name: to_list(shown_weights[:, i]) for i, name in enumerate(names)},
+        )
+    group_timeline = None
+    if chosen is not None:
+        group_timeline = _loss_groups(chosen, names, records, grams, steps, tau, alpha)
     noise = noise_timeline(records, names)
     worlds = sorted({r.world for r in records if _has_noise(r) and r.world is not None})
     if len(worlds) > 1:
@@ -119,6 +220,8 @@ def build_timeline(
             "gradient-noise estimate uses its own number of ranks (the noise is per rank's "
             "batch, comparable across records only if each rank's batch size stayed the same)"
         )
+    if checked_groups:
+        meta["loss_groups"] = {name: list(globs) for name, globs in checked_groups.items()}
     report = TimelineReport(
         source=source,
         losses=names,
@@ -139,9 +242,80 @@ def build_timeline(
         warnings=warnings,
         meta=meta,
         noise=noise,
+        top_pairs=most_conflicting_pairs(pairs, count),
+        loss_groups=group_timeline,
+        ema=alpha,
+        series_ema=smoothed,
     )
     report.verdict = timeline_verdict(report)
     return report
+
+
+def most_conflicting_pairs(pairs: Sequence[PairTimeline], k: int) -> list[PairTimeline]:
+    """Return the `k` pairs most often in conflict over the run: by the share of records with
+    cos < -tau (of those where it is defined), then by the lowest mean cosine (pairs never
+    defined last)."""
+
+    def key(p: PairTimeline) -> tuple[float, bool, float]:
+        return (-(p.conflict_fraction or 0.0), p.cos_mean is None, p.cos_mean or 0.0)
+
+    return sorted(pairs, key=key)[:k]
+
+
+def _loss_groups(
+    groups: Sequence[LossGroup],
+    names: list[str],
+    records: Sequence[Record],
+    grams: Sequence[torch.Tensor],
+    steps: list[int],
+    tau: float,
+    alpha: float | None,
+) -> LossGroupTimeline:
+    """Return the loss groups over the records: per record the Gramian of the summed gradients
+    G_AB = sum_{i in A, j in B} G_ij, its norms and cosines (smoothed by the EMA `alpha` for the
+    tables when given), and each group's value, the sum of its members' values."""
+    members = [group.indices for group in groups]
+    labels = [group.name for group in groups]
+    q = len(groups)
+    summed = [gm.summed(g, members) for g in grams]
+    norms = torch.stack([gm.norms(g) for g in summed])  # (R, q)
+    cos = torch.stack([gm.cosine(g) for g in summed])  # (R, q, q)
+    shown_norms, shown_cos = norms, cos
+    if alpha is not None:
+        shown_norms, shown_cos = ema_tensor(norms, alpha), ema_tensor(cos, alpha)
+    values = {
+        group.name: [_summed_value(r, [names[i] for i in group.indices]) for r in records]
+        for group in groups
+    }
+    pairs_idx = [(x, y) for x in range(q) for y in range(x + 1, q)]
+    pairs = [_pair(labels[x], labels[y], shown_cos[:, x, y], steps, tau) for x, y in pairs_idx]
+    smoothed = alpha is not None
+    return LossGroupTimeline(
+        names=labels,
+        members={group.name: list(group.losses) for group in groups},
+        ungrouped=losses_in_no_group(names, groups),
+        pairs=pairs,
+        trends=[_loss(name, values[name], shown_norms[:, x]) for x, name in enumerate(labels)],
+        loss_values=values,
+        norms={name: to_list(norms[:, x]) for x, name in enumerate(labels)},
+        cosine={p.key: to_list(cos[:, x, y]) for p, (x, y) in zip(pairs, pairs_idx, strict=True)},
+        norms_ema={name: to_list(shown_norms[:, x]) for x, name in enumerate(labels)}
+        if smoothed
+        else None,
+        cosine_ema={
+            p.key: to_list(shown_cos[:, x, y]) for p, (x, y) in zip(pairs, pairs_idx, strict=True)
+        }
+        if smoothed
+        else None,
+    )
+
+
+def _summed_value(record: Record, members: Sequence[str]) -> float | None:
+    """Return the sum of the members' loss values at a record (None if one is undefined)."""
+    values = [record.loss_values.get(name) for name in members]
+    if any(v is None for v in values):
+        return None
+    return _f(sum(float(v) for v in values if v is not None))
 
 
 def _f(x: float | torch.Tensor | None) -> float | None:
@@ -159,6 +333,7 @@ def _below(x: float | None, tau: float) -> bool:
 def _pair(a: str, b: str, cos: torch.Tensor, steps: list[int], tau: float) -> PairTimeline:
     defined = [(s, float(c)) for s, c in zip(steps, cos.tolist(), strict=True) if math.isfinite(c)]
     conflict = [s for s, c in defined if c < -tau]
+    mean = sum(c for _, c in defined) / len(defined) if defined else None
     low = min(defined, key=lambda sc: sc[1]) if defined else None
     high = max(c for _, c in defined) if defined else None
     start, end = _f(cos[0]), _f(cos[-1])
@@ -182,6 +357,8 @@ def _pair(a: str, b: str, cos: torch.Tensor, steps: list[int], tau: float) -> Pa
         max_conflict=_below(high, tau),
         end_conflict=_below(end, tau),
         trend_conflict=[_below(v, tau) for v in trend],
+        cos_mean=mean,
+        mean_conflict=_below(mean, tau),
     )
 
 
@@ -402,23 +579,10 @@ def timeline_verdict(report: TimelineReport) -> list[str]:
     """
     lines: list[str] = []
     tau = report.conflict_threshold
-    conflicting = sorted(
-        (p for p in report.pairs if p.conflict_records), key=lambda p: p.cos_min or 0.0
-    )
-    for p in conflicting[:3]:
-        text = (
-            f"{inert(p.a)} and {inert(p.b)} conflict in {p.conflict_fraction or 0.0:.0%} of the "
-            f"{p.defined_records} records where the cosine is defined, from step "
-            f"{p.first_conflict_step}; lowest cos {p.cos_min:+.2f} at step {p.step_min}"
-        )
-        if p.cos_end is not None and not p.end_conflict and p.last_conflict_step is not None:
-            text += f"; faded after step {p.last_conflict_step} (cos {p.cos_end:+.2f} at the end)"
-        lines.append(text)
-    if len(conflicting) > 3:
-        more = len(conflicting) - 3
-        what = "pair conflicts" if more == 1 else "pairs conflict"
-        lines.append(f"{more} more {what} in some records")
-    if report.pairs and not conflicting:
+    lines += _pairs_verdict(report.pairs, report.ema)
+    if report.loss_groups is not None:
+        lines += _pairs_verdict(report.loss_groups.pairs, report.ema, "loss groups ")
+    if report.pairs and not any(p.conflict_records for p in report.pairs):
         lows = [p for p in report.pairs if p.cos_min is not None]
         if lows:
             low = min(lows, key=lambda p: p.cos_min or 0.0)
@@ -460,6 +624,30 @@ def timeline_verdict(report: TimelineReport) -> list[str]:
         )
     lines += noise_verdict(report.noise)
     return lines or ["nothing to compare"]
+
+
+def _pairs_verdict(pairs: Sequence[PairTimeline], alpha: float | None, what: str = "") -> list[str]:
+    """Return a sentence for each of the 3 pairs with the lowest cosine among those that
+    conflict in some record (`what` names them, e.g. 'loss groups '), then how many more."""
+    conflicting = sorted((p for p in pairs if p.conflict_records), key=lambda p: p.cos_min or 0.0)
+    smoothed = "" if alpha is None else f" (EMA {alpha:g} of the cosine)"
+    lines = []
+    for p in conflicting[:3]:
+        text = (
+            f"{what}{inert(p.a)} and {inert(p.b)} conflict in {p.conflict_fraction or 0.0:.0%} "
+            f"of the {p.defined_records} records where the cosine is defined{smoothed}, from "
+            f"step {p.first_conflict_step}; lowest cos {p.cos_min:+.2f} at step {p.step_min}"
+        )
+        if p.cos_end is not None and not p.end_conflict and p.last_conflict_step is not None:
+            text += f"; faded after step {p.last_conflict_step} (cos {p.cos_end:+.2f} at the end)"
+        lines.append(text)
+    if len(conflicting) > 3:
+        more = len(conflicting) - 3
+        kind = "pair" if more == 1 else "pairs"
+        kind = f"{kind} of {what.strip()}" if what else kind
+        kind += " conflicts" if more == 1 else " conflict"
+        lines.append(f"{more} more {kind} in some records")
+    return lines
 
 
 def noise_verdict(noise: NoiseTimeline | None) -> list[str]:

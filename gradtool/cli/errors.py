@@ -3,8 +3,8 @@ line and a `Hint:` on stderr, and its exit code.
 
 Around every command, before any work: output paths are made absolute (a gradfile that changes
 the working folder moves nothing) and an output that is one of the run's inputs is refused. After
-a failure, an earlier run's document at `-o` is removed (it would pass for this run's); a document
-this run wrote, and anything that is not a regular file, is kept.
+a failure, an earlier run's document at `-o` (or table at `--csv`) is removed (it would pass for
+this run's); a document this run wrote, and anything that is not a regular file, is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ FLAGS: dict[str, str] = {
     "eval_mode": "--eval",
     "methods": "--method",
     "groups": "--group",
+    "loss_groups": "--loss-group",
     "output": "-o",
 }
 
@@ -40,6 +41,10 @@ INPUTS: dict[str, str] = {
     "checkpoint": "the checkpoint",
     "run": "the run log",
 }
+
+# The keyword arguments that name a document the run writes whole (`-o`, `--csv`): an earlier
+# run's document there is removed when this run fails.
+DOCUMENTS = ("output", "csv")
 
 # Path arguments kept as typed: each is read before any of the user's code runs, and is shown
 # back (table headers, the document's `gradfile`), so a relative path stays relative there.
@@ -64,7 +69,7 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         typed = dict(kwargs)
         kwargs = absolute_paths(kwargs)
-        output = kwargs.get("output")
+        documents = [kwargs.get(key) for key in DOCUMENTS]
         try:
             check_targets(kwargs, typed)
         except UsageError as exc:
@@ -83,19 +88,19 @@ def handle_errors(fn: F) -> F:
             except GradtoolError as exc:
                 if _quiet_rank(exc):
                     raise typer.Exit(exc.exit_code) from None
-                _remove_stale(output, written)
+                _remove_stale(documents, written)
                 if os.environ.get("GRADTOOL_DEBUG"):
                     raise
                 report_error(exc)
                 raise typer.Exit(exc.exit_code) from None
             except typer.Exit as exc:
                 if exc.exit_code:
-                    _remove_stale(output, written)
+                    _remove_stale(documents, written)
                 raise
             except BaseException as exc:
                 if _quiet_rank(exc):
                     raise typer.Exit(1) from None
-                _remove_stale(output, written)
+                _remove_stale(documents, written)
                 raise
 
     return wrapper  # type: ignore[return-value]
@@ -134,8 +139,8 @@ def absolute_paths(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_targets(kwargs: dict[str, Any], typed: dict[str, Any]) -> None:
-    """Raise a `UsageError` if `-o` or a file `--plot` writes is one of the run's inputs, or if
-    `-o` and `--plot` name the same file; `typed` holds the paths as the user wrote them.
+    """Raise a `UsageError` if `-o`, `--csv` or a file `--plot` writes is one of the run's
+    inputs, or if two of them name the same file; `typed` holds the paths as the user wrote them.
 
     Two paths are the same file when they resolve to the same path (symbolic links followed) or,
     both existing, share device and inode (hard links, bind mounts).
@@ -145,10 +150,20 @@ def check_targets(kwargs: dict[str, Any], typed: dict[str, Any]) -> None:
         for key, role in INPUTS.items()
         if isinstance(kwargs.get(key), Path)
     ]
-    output, plot = kwargs.get("output"), kwargs.get("plot")
+    output, csv, plot = kwargs.get("output"), kwargs.get("csv"), kwargs.get("plot")
     targets: list[tuple[str, Path]] = []
     if isinstance(output, Path):
         targets.append((f"-o {typed['output']}", output))
+    if isinstance(csv, Path):
+        csv_flag = f"--csv {typed['csv']}"
+        if isinstance(output, Path) and _same_file(output, csv):
+            raise UsageError(
+                f"-o {typed['output']} and {csv_flag} name the same file",
+                hint="give the JSON document and the CSV table a path each",
+                option="csv",
+                reason="output_is_csv",
+            )
+        targets.append((csv_flag, csv))
     if isinstance(plot, Path):
         figures = [(f"--plot {typed['plot']}{note}", path) for note, path in _plot_files(plot)]
         for flag, path in [(f"--plot {typed['plot']}", plot), *figures]:
@@ -159,6 +174,13 @@ def check_targets(kwargs: dict[str, Any], typed: dict[str, Any]) -> None:
                     option="output",
                     reason="output_is_plot",
                 )
+            if isinstance(csv, Path) and _same_file(csv, path):
+                raise UsageError(
+                    f"--csv {typed['csv']} and {flag} name the same file",
+                    hint="give the CSV table and the figures a path each",
+                    option="csv",
+                    reason="output_is_plot",
+                )
         targets += figures
     for flag, target in targets:
         for role, source, as_typed in inputs:
@@ -166,9 +188,16 @@ def check_targets(kwargs: dict[str, Any], typed: dict[str, Any]) -> None:
                 raise UsageError(
                     f"{flag} would overwrite {role} {as_typed}, an input of this run",
                     hint="write to a new file: an input is never replaced",
-                    option="output" if flag.startswith("-o") else "plot",
+                    option=_option_of(flag),
                     reason="output_is_input",
                 )
+
+
+def _option_of(flag: str) -> str:
+    """Return the keyword of the option a target's flag text names ('-o x' -> 'output')."""
+    if flag.startswith("-o"):
+        return "output"
+    return "csv" if flag.startswith("--csv") else "plot"
 
 
 def _inside_folder(target: Path, source: Path) -> bool:
@@ -204,7 +233,14 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _remove_stale(output: object, written: set[Path]) -> None:
+def _remove_stale(documents: list[object], written: set[Path]) -> None:
+    """Remove the document an earlier run left at each of `documents` (`-o`, `--csv`), unless
+    this run wrote it (see `_remove_one`)."""
+    for output in documents:
+        _remove_one(output, written)
+
+
+def _remove_one(output: object, written: set[Path]) -> None:
     """Remove the document an earlier run left at `output`, unless this run wrote it.
 
     Only a regular file is unlinked. A symbolic link is never followed to remove its target

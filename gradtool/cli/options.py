@@ -33,6 +33,7 @@ class NormalizeChoice(str, Enum):
 # not); tests/e2e/test_conflict_display.py checks they agree.
 DEFAULT_CONFLICT_THRESHOLD = 0.05  # gradtool.analysis.report.DEFAULT_CONFLICT_THRESHOLD
 DEFAULT_TOL = 1e-6  # gradtool.linalg.pareto.STATIONARY_TOL
+DEFAULT_TOP = 10  # gradtool.analysis.report.DEFAULT_TOP
 
 GradfileArg = Annotated[
     Path,
@@ -52,6 +53,26 @@ GroupOpt = Annotated[
         "--group",
         help="NAME=GLOB: a table row for the parameters whose dotted name matches GLOB, across "
         "modules (e.g. attention='*.attn.*'); repeatable, the same NAME again adds a glob.",
+        show_default=False,
+    ),
+]
+LossGroupOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--loss-group",
+        help="NAME=GLOB: a table row for the summed gradient of the losses whose name matches "
+        "GLOB (e.g. aux='aux_*'), with its cosine to the other groups; repeatable, the same NAME "
+        "again adds a glob.",
+        show_default=False,
+    ),
+]
+TopOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--top",
+        min=1,
+        help="List the K most conflicting pairs instead of every pair (default: the 10 most "
+        "conflicting, beyond 8 losses).",
         show_default=False,
     ),
 ]
@@ -202,6 +223,27 @@ def groups_option(values: list[str] | None) -> dict[str, tuple[str, ...]] | None
     """Return the `--group NAME=GLOB` values as {name: (glob, ...)} (None without any), checked
     before the gradfile runs: each has a name and a glob, and no NAME=GLOB is given twice;
     exit 2 if not. Whether each glob matches a parameter is checked once the model is built."""
+    return _name_globs(values, "--group", GROUP_HINT, "groups")
+
+
+LOSS_GROUP_HINT = (
+    "e.g. --loss-group depth='depth*' --loss-group aux='aux_*'; repeat --loss-group with the "
+    "same NAME to add a glob to that group"
+)
+
+
+def loss_groups_option(values: list[str] | None) -> dict[str, tuple[str, ...]] | None:
+    """Return the `--loss-group NAME=GLOB` values as {name: (glob, ...)} (None without any),
+    checked before any work: each has a name and a glob, and no NAME=GLOB is given twice; exit 2
+    if not. Whether each glob matches a loss is checked once the loss names are known."""
+    return _name_globs(values, "--loss-group", LOSS_GROUP_HINT, "loss_groups")
+
+
+def _name_globs(
+    values: list[str] | None, flag: str, hint: str, option: str
+) -> dict[str, tuple[str, ...]] | None:
+    """Return repeated `flag NAME=GLOB` values as {name: (glob, ...)} (None without any);
+    a malformed one, or one given twice, is a `UsageError` for `option`."""
     if not values:
         return None
     groups: dict[str, list[str]] = {}
@@ -219,6 +261,6 @@ def groups_option(values: list[str] | None) -> dict[str, tuple[str, ...]] | None
             else None
         )
         if problem is not None:
-            raise UsageError(f"--group {text!r} {problem}", hint=GROUP_HINT, option="groups")
+            raise UsageError(f"{flag} {text!r} {problem}", hint=hint, option=option)
         groups.setdefault(name, []).append(glob)
     return {name: tuple(globs) for name, globs in groups.items()}

@@ -28,8 +28,6 @@ _TYPED: ContextVar[Mapping[Path, Path] | None] = ContextVar("gradtool_typed", de
 
 def emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], None]) -> None:
     """Print `report`'s warnings (stderr), then its JSON or tables; write `output` atomically."""
-    from gradtool.results import write_atomic
-
     err = stderr_console()
     for warning in report.warnings:
         err.print(f"[bold yellow]Warning:[/] {escape(printable(warning))}")
@@ -40,15 +38,7 @@ def emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], 
     else:
         render()
     if output is not None:
-        try:
-            write_atomic(output, text + "\n")
-        except OSError as exc:
-            raise UsageError(f"cannot write {shown(output)}: {exc.strerror or exc}") from None
-        written = _WRITTEN.get()
-        if written is not None:
-            written.add(output)
-        if not json_out:
-            err.print(f"[dim]wrote {escape(shown(output))}[/]")
+        write_text(output, text + "\n", note=not json_out)
 
 
 def secondary_rank() -> bool:
@@ -175,18 +165,36 @@ def batch_progress() -> Iterator[Callable[[int], None] | None]:
         yield lambda done: bar.update(task, completed=done)
 
 
-def check_output_path(output: Path) -> None:
-    """Raise a `UsageError` unless `-o` names a file in an existing folder."""
+def check_output_path(output: Path, flag: str = "-o", example: str = "report.json") -> None:
+    """Raise a `UsageError` unless `-o` (or another `flag` that writes a file) names a file in
+    an existing folder."""
     parent = output.parent if str(output.parent) else Path(".")
     if output.is_dir():
         raise UsageError(
-            f"-o {shown(output)} is a directory", hint="give a file path, e.g. -o report.json"
+            f"{flag} {shown(output)} is a directory",
+            hint=f"give a file path, e.g. {flag} {example}",
         )
     if not parent.is_dir():
         raise UsageError(
-            f"-o {shown(output)}: the folder {Path(shown(output)).parent} does not exist",
+            f"{flag} {shown(output)}: the folder {Path(shown(output)).parent} does not exist",
             hint="create it first",
         )
+
+
+def write_text(path: Path, text: str, *, note: bool = True) -> None:
+    """Write `text` to `path` atomically (`write_atomic`), remember it as written by this run
+    (never removed as an earlier run's), and say so on stderr when `note`."""
+    from gradtool.results import write_atomic
+
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {shown(path)}: {exc.strerror or exc}") from None
+    written = _WRITTEN.get()
+    if written is not None:
+        written.add(path)
+    if note:
+        stderr_console().print(f"[dim]wrote {escape(shown(path))}[/]")
 
 
 def stderr_console() -> Any:

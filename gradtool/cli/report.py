@@ -10,12 +10,22 @@ import typer
 from gradtool.cli.errors import handle_errors
 from gradtool.cli.options import (
     DEFAULT_CONFLICT_THRESHOLD,
+    DEFAULT_TOP,
     ConflictThresholdOpt,
     JsonOpt,
+    LossGroupOpt,
     OutputOpt,
     conflict_threshold_option,
+    loss_groups_option,
 )
-from gradtool.cli.output import check_output_path, emit, escape, shown, stderr_console
+from gradtool.cli.output import (
+    check_output_path,
+    emit,
+    escape,
+    shown,
+    stderr_console,
+    write_text,
+)
 from gradtool.errors import UsageError
 
 
@@ -44,6 +54,36 @@ def report_command(
         ),
     ] = None,
     conflict_threshold: ConflictThresholdOpt = DEFAULT_CONFLICT_THRESHOLD,
+    loss_group: LossGroupOpt = None,
+    top: Annotated[
+        int | None,
+        typer.Option(
+            "--top",
+            min=1,
+            help="List the K pairs most often in conflict instead of every pair (default: 10, "
+            "beyond 8 losses).",
+            show_default=False,
+        ),
+    ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            "--ema",
+            help="Smooth the cosines, norms and MGDA weights over the records before the tables "
+            "and figures: an exponential moving average, ALPHA (0 to 1, exclusive) the newest "
+            "record's weight (0.1: half-life 6.6 records). The JSON keeps the raw series.",
+            show_default=False,
+        ),
+    ] = None,
+    csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv",
+            help="Also write the per-record series to this CSV file (atomically): step, loss "
+            "values, gradient norms, pairwise cosines, MGDA weights, per layer the lowest cosine.",
+            show_default=False,
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     output: OutputOpt = None,
 ) -> None:
@@ -52,8 +92,15 @@ def report_command(
     Conflicts per pair over time, norm trends, MGDA weights, the layers where conflict
     concentrates."""
     threshold = conflict_threshold_option(conflict_threshold)
+    loss_groups = loss_groups_option(loss_group)
+    if ema is not None:
+        from gradtool.analysis.timeline import check_ema
+
+        check_ema(ema)
     if output is not None:
         check_output_path(output)
+    if csv is not None:
+        check_output_path(csv, "--csv", "series.csv")
     if plot is not None:
         from gradtool.render.plots import require_matplotlib
 
@@ -70,8 +117,22 @@ def report_command(
     from gradtool.api import run_report
     from gradtool.render import make_console, render_timeline
 
-    timeline = run_report(run, run_id=run_id, conflict_threshold=threshold)
-    emit(timeline, json_out, output, lambda: render_timeline(timeline, make_console()))
+    timeline = run_report(
+        run,
+        run_id=run_id,
+        conflict_threshold=threshold,
+        top=DEFAULT_TOP if top is None else top,
+        loss_groups=loss_groups,
+        ema=ema,
+    )
+    emit(
+        timeline,
+        json_out,
+        output,
+        lambda: render_timeline(timeline, make_console(), top=True if top is not None else None),
+    )
+    if csv is not None:
+        write_text(csv, timeline.to_csv())
     if plot is not None:
         from gradtool.render.plots import plot_timeline
 

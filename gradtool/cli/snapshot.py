@@ -11,6 +11,7 @@ from gradtool.cli.errors import handle_errors
 from gradtool.cli.options import (
     DEFAULT_CONFLICT_THRESHOLD,
     DEFAULT_TOL,
+    DEFAULT_TOP,
     BatchesOpt,
     CheckpointOpt,
     ConflictThresholdOpt,
@@ -20,6 +21,7 @@ from gradtool.cli.options import (
     GradfileArg,
     GroupOpt,
     JsonOpt,
+    LossGroupOpt,
     LowMemoryOpt,
     MethodsOpt,
     NormalizeChoice,
@@ -31,10 +33,12 @@ from gradtool.cli.options import (
     StrategyChoice,
     StrategyOpt,
     TolOpt,
+    TopOpt,
     VerboseOpt,
     conflict_threshold_option,
     groups_option,
     load_options,
+    loss_groups_option,
     methods_option,
     tol_option,
 )
@@ -61,6 +65,8 @@ def inspect(
     gradfile: GradfileArg,
     params: ParamsOpt = None,
     group: GroupOpt = None,
+    loss_group: LossGroupOpt = None,
+    top: TopOpt = None,
     batches: BatchesOpt = None,
     seed: SeedOpt = 0,
     checkpoint: CheckpointOpt = None,
@@ -78,9 +84,11 @@ def inspect(
     """Per-loss gradient norms, pairwise cosines and conflicts, layers, unused parameters."""
     threshold = conflict_threshold_option(conflict_threshold)
     groups = groups_option(group)
+    loss_groups = loss_groups_option(loss_group)
     load = load_options(params, batches, seed, checkpoint, device, eval_mode)
     request = _request("inspect", gradfile, load, depth, strategy, low_memory, threshold, groups)
-    _execute(request, json_out, output, verbose, plot=plot)
+    request = _many(request, top, loss_groups)
+    _execute(request, json_out, output, verbose, plot=plot, top=top)
 
 
 @handle_errors
@@ -102,6 +110,8 @@ def pareto(
     conflict_threshold: ConflictThresholdOpt = DEFAULT_CONFLICT_THRESHOLD,
     params: ParamsOpt = None,
     group: GroupOpt = None,
+    loss_group: LossGroupOpt = None,
+    top: TopOpt = None,
     batches: BatchesOpt = None,
     seed: SeedOpt = 0,
     checkpoint: CheckpointOpt = None,
@@ -123,8 +133,10 @@ def pareto(
     stationary_tol = tol_option(tol)
     threshold = conflict_threshold_option(conflict_threshold)
     groups = groups_option(group)
+    loss_groups = loss_groups_option(loss_group)
     load = load_options(params, batches, seed, checkpoint, device, eval_mode)
     request = _request("pareto", gradfile, load, depth, strategy, low_memory, threshold, groups)
+    request = _many(request, top, loss_groups)
     from dataclasses import replace
 
     options = ParetoOptions(
@@ -135,7 +147,7 @@ def pareto(
         preference=pref,
     )
     request = replace(request, pareto=options)
-    _execute(request, json_out, output, verbose, plot=plot)
+    _execute(request, json_out, output, verbose, plot=plot, top=top)
 
 
 def _request(
@@ -162,6 +174,16 @@ def _request(
     )
 
 
+def _many(
+    request: InspectRequest, top: int | None, loss_groups: dict[str, tuple[str, ...]] | None
+) -> InspectRequest:
+    """Return `request` with the views for many losses: `--top K` (default DEFAULT_TOP kept in
+    the JSON) and the `--loss-group` globs."""
+    from dataclasses import replace
+
+    return replace(request, top=DEFAULT_TOP if top is None else top, loss_groups=loss_groups)
+
+
 def _execute(
     request: InspectRequest,
     json_out: bool,
@@ -169,8 +191,10 @@ def _execute(
     verbose: bool,
     *,
     plot: Path | None = None,
+    top: int | None = None,
 ) -> None:
-    """Run `request`, then print tables or JSON and write `output`; nothing is written on error."""
+    """Run `request`, then print tables or JSON and write `output`; nothing is written on error.
+    `top` given: the tables list the most conflicting pairs instead of every pair."""
     if output is not None:
         check_output_path(output)
     if plot is not None:
@@ -182,7 +206,14 @@ def _execute(
         report = run_gradfile(request, progress=advance)
     if secondary_rank():  # under torchrun, rank 0 alone prints and writes
         return
-    emit(report, json_out, output, lambda: render_report(report, make_console(), verbose=verbose))
+    emit(
+        report,
+        json_out,
+        output,
+        lambda: render_report(
+            report, make_console(), verbose=verbose, top=True if top is not None else None
+        ),
+    )
     if plot is not None:
         from gradtool.render.plots import plot_snapshot
 

@@ -109,3 +109,32 @@ def batch_cosine_stats(
     conflict = torch.where(defined, (cos < 0).to(torch.float64), 0.0).sum(dim=0)
     fraction = conflict / cos.shape[0]  # of all batches: an undefined cosine is no conflict
     return mean, std, fraction
+
+
+def lowest_pairs(cos: torch.Tensor, k: int) -> list[tuple[int, int]]:
+    """Return the (i, j), i < j, of the `k` lowest off-diagonal cosines, lowest first: defined
+    ones by value (ties by (i, j)), then undefined (NaN) ones in (i, j) order."""
+    m = cos.shape[0]
+    pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+    values = cos.tolist()
+
+    def key(ij: tuple[int, int]) -> tuple[bool, float, int, int]:
+        c = values[ij[0]][ij[1]]
+        return (c != c, 0.0 if c != c else c, *ij)  # c != c: NaN
+
+    return sorted(pairs, key=key)[: max(k, 0)]
+
+
+def summed(g: torch.Tensor, groups: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Return the q x q Gramian of the summed gradients g_A = sum_{i in A} g_i of the q groups
+    (each a sequence of loss indices; a loss may be in several): G_AB = sum_{i in A, j in B} G_ij,
+    i.e. S^T G S with S the m x q membership matrix. An undefined (NaN) entry G_ij spoils only
+    the G_AB with i in A and j in B."""
+    q = len(groups)
+    out = torch.zeros(q, q, dtype=torch.float64)
+    index = [torch.as_tensor(list(a), dtype=torch.long) for a in groups]
+    for x in range(q):
+        for y in range(x, q):
+            value = g[index[x]][:, index[y]].to(torch.float64).sum()
+            out[x, y] = out[y, x] = value
+    return out

@@ -48,6 +48,7 @@ PALETTE = (
     "#393b79",
 )
 OTHER_COLOR = "0.62"  # the grey of grouped losses
+RAW_ALPHA = 0.3  # the opacity of the raw records drawn behind their EMA
 # Bounds that keep a figure of many losses readable and of a sensible size:
 MAX_PAIRS = 10  # pairs drawn: with more, the MAX_PAIRS most conflicting (lowest cosine)
 MAX_CURVES = 10  # losses named in the norms figure: with more, the largest; the rest grey
@@ -94,9 +95,11 @@ def timeline_figures(report: TimelineReport) -> Iterator[tuple[str, Figure]]:
     more than MAX_CURVES losses, the MAX_CURVES of largest norm are named, the rest drawn grey as
     one group), mgda_weights.png (stacked MGDA weights; with more than MAX_BANDS losses, the
     lightest are stacked as one "other" band) and layer_conflict.png (layer x step heat map of
-    the lowest pairwise cosine). A figure with nothing to show (one loss: no pair; no layer
-    shared by two losses) is left out. No figure exceeds MAX_WIDTH x MAX_HEIGHT inches, and
-    matplotlib's warnings (a glyph missing from the font, a tight layout) are silenced.
+    the lowest pairwise cosine). With an EMA (`report.series_ema`), the cosines, norms and
+    weights drawn are the smoothed ones, the raw records faint behind the first two. A figure
+    with nothing to show (one loss: no pair; no layer shared by two losses) is left out. No
+    figure exceeds MAX_WIDTH x MAX_HEIGHT inches, and matplotlib's warnings (a glyph missing
+    from the font, a tight layout) are silenced.
     """
     require_matplotlib()
     for name, draw in (
@@ -234,8 +237,11 @@ def _cosine_figure(report: TimelineReport) -> Figure | None:
     if len(pairs) < len(report.pairs):
         title += f"\n(the {len(pairs)} most conflicting of {len(report.pairs)} pairs)"
     steps = report.series.steps
+    smooth = report.series_ema
+    shown = smooth.cosine if smooth is not None else report.series.cosine
+    title += _ema_title(report)
     fig, ax = _figure(title, "training step", "cosine of the two gradients")
-    values = [v for p in pairs for v in report.series.cosine[p.key] if v is not None]
+    values = [v for p in pairs for v in shown[p.key] if v is not None]
     low = min([*values, -0.1])
     high = max([*values, 0.1])
     pad = 0.08 * (high - low)
@@ -249,8 +255,11 @@ def _cosine_figure(report: TimelineReport) -> Figure | None:
     ax.text(0.01, 0.02, label, transform=ax.transAxes, color="#a01818", va="bottom")
     ends = []
     for k, p in enumerate(pairs):
-        ys = [_nan(v) for v in report.series.cosine[p.key]]
+        ys = [_nan(v) for v in shown[p.key]]
         color = PALETTE[k % len(PALETTE)]
+        if smooth is not None:  # the raw records faint behind their average
+            raw = [_nan(v) for v in report.series.cosine[p.key]]
+            ax.plot(steps, raw, color=color, lw=0.8, alpha=RAW_ALPHA)
         ax.plot(steps, ys, color=color, lw=1.8, marker="o", ms=2.5, label=p.key)
         ends.append((_last(ys), f"{p.a} ~ {p.b}", color))
     ax.set_ylim(low, high)
@@ -260,8 +269,13 @@ def _cosine_figure(report: TimelineReport) -> Figure | None:
 
 def _norms_figure(report: TimelineReport) -> Figure:
     steps = report.series.steps
+    smooth = report.series_ema
+
+    def positive(values: Sequence[float | None]) -> list[float]:
+        return [v if v is not None and v > 0 else math.nan for v in values]
+
     norms = {
-        name: [v if v is not None and v > 0 else math.nan for v in report.series.norms[name]]
+        name: positive((smooth.norms if smooth is not None else report.series.norms)[name])
         for name in report.losses
     }
     named = list(report.losses)
@@ -270,6 +284,7 @@ def _norms_figure(report: TimelineReport) -> Figure:
         largest = sorted(named, key=lambda n: -_finite_max(norms[n]))[:MAX_CURVES]
         named = [n for n in report.losses if n in largest]
         title += f"\n(the {MAX_CURVES} largest named; {len(report.losses) - MAX_CURVES} in grey)"
+    title += _ema_title(report)
     fig, ax = _figure(title, "training step", "gradient norm |∇ loss| (log scale)")
     ends: list[tuple[float, str, str]] = []
     grey_ends: list[float] = []
@@ -279,6 +294,9 @@ def _norms_figure(report: TimelineReport) -> Figure:
         end = math.log10(last) if last > 0 else math.nan
         if name in named:
             color = PALETTE[named.index(name) % len(PALETTE)]
+            if smooth is not None:  # the raw records faint behind their average
+                raw = positive(report.series.norms[name])
+                ax.plot(steps, raw, color=color, lw=0.8, alpha=RAW_ALPHA)
             ax.plot(steps, ys, color=color, lw=1.8, marker="o", ms=2.5, label=name)
             ends.append((end, name, color))
         else:
@@ -294,7 +312,8 @@ def _norms_figure(report: TimelineReport) -> Figure:
 
 
 def _mgda_figure(report: TimelineReport) -> Figure | None:
-    weights = report.series.mgda_weights
+    smooth = report.series_ema
+    weights = smooth.mgda_weights if smooth is not None else report.series.mgda_weights
     if len(report.losses) < 2 or not any(v is not None for w in weights.values() for v in w):
         return None
     steps = report.series.steps
@@ -307,6 +326,7 @@ def _mgda_figure(report: TimelineReport) -> Figure | None:
         rest = [n for n in names if n not in heaviest]
         names = [n for n in names if n in heaviest]
         title += f"\n(the {len(names)} heaviest; {len(rest)} more as one grey band)"
+    title += _ema_title(report, faint=False)
     rows = [full[name] for name in names]
     colors = [PALETTE[k % len(PALETTE)] for k in range(len(names))]
     if rest:
@@ -390,6 +410,17 @@ def _layer_figure(report: TimelineReport) -> Figure | None:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _ema_title(report: TimelineReport, *, faint: bool = True) -> str:
+    """Return the title's line saying the curves are smoothed, and (`faint`) that the raw
+    records are drawn faint behind them; '' without an EMA."""
+    smooth = report.series_ema
+    if smooth is None:
+        return ""
+    raw = "; raw records faint" if faint else ""
+    life = f"half-life {smooth.half_life:.3g} records"
+    return f"\n(EMA {smooth.alpha:g} over the records, {life}{raw})"
 
 
 def _heatmap(

@@ -36,30 +36,43 @@ from gradtool.render.common import (
     titled,
     yes_no,
 )
-from gradtool.results.report import LayerStats, MethodResult, Report, conflict_line
+from gradtool.results.report import LayerStats, MethodResult, Report, TopPair, conflict_line
 
 MAX_UNUSED_LISTED = 8
 MAX_LOSSES_ACROSS = 4  # beyond this many losses, per-loss columns become rows
 MAX_NAMED_HEADERS = 4  # up to this many losses, the cosine grid's headers carry the names
 MAX_LABEL_SHARE = 3  # row labels may take up to 1/3 of the width before they become indices
+MANY_LOSSES = 8  # beyond this many losses, the most conflicting pairs replace the pair table
+MAX_GRID_LOSSES = 12  # beyond this many losses, the m x m cosine grid is left to --json / --plot
+MAX_MEMBERS_LISTED = 6  # the losses named per loss group under its table
 
 
-def render_report(report: Report, console: Console, *, verbose: bool = False) -> None:
+def render_report(
+    report: Report, console: Console, *, verbose: bool = False, top: bool | None = None
+) -> None:
     """Print the report's tables to `console`: header, losses, pairs, layers, unused, Pareto.
 
     A Pareto report shows the losses, the cosine grid and the Pareto table only (the JSON
-    document still holds everything).
+    document still holds everything). The most conflicting pairs (`report.top_pairs`) replace
+    the table of every pair where `top` is True, or, by default (None), beyond MANY_LOSSES
+    losses; `pareto` shows them too. Beyond MAX_GRID_LOSSES losses the cosine grid is left out.
     """
     show(console, _header(report, console, verbose), _losses_table(report))
     full = report.pareto is None  # `pareto` shows its own table; layers and unused are inspect's
-    if len(report.losses) >= 2:
+    m = len(report.losses)
+    ranked = (m > MANY_LOSSES if top is None else top) and bool(report.top_pairs)
+    if m >= 2:
         show(console, _cosine_grid(report, console))
-        if full:
+        if ranked:
+            show(console, _top_pairs_table(report, console))
+        elif full:
             show(console, *_pairs_tables(report, console))
     if full:
         show(console, _layers_tables(report, console))
     if report.groups is not None:  # asked for by name: shown by `pareto` too
         show(console, _groups_tables(report, console))
+    if report.loss_groups is not None:
+        show(console, _loss_groups_table(report, console))
     if full:
         unused = _unused_table(report)
         if unused is not None:
@@ -141,6 +154,11 @@ def _cosine_grid(report: Report, console: Console) -> RenderableType:
     names = report.losses
     m = len(names)
     title = "Gradient cosine"
+    if m > MAX_GRID_LOSSES:
+        return notes(
+            console,
+            f"the {m} x {m} cosine matrix: cosine in --json; --plot FILE.png draws it",
+        )
     note = notes(console, _threshold_note(report))
     indexed = [f"[{k}]" for k in range(m)]
     named = [f"[{k}] {inert(name)}" for k, name in enumerate(names)]
@@ -224,6 +242,117 @@ def _pairs_tables(report: Report, console: Console) -> list[RenderableType]:
         )
     tables = blocks_of(console, "Pairs", [label], groups)
     return [Group(*tables, notes(console, *lines)) if lines else Group(*tables)]
+
+
+def _top_pairs_table(report: Report, console: Console) -> RenderableType:
+    """Return the most conflicting pairs, lowest whole-model cosine first: cosine, angle and,
+    with several batches, the per-batch cosine (mean ± standard error) and the batches below
+    -tau of those where it is defined."""
+    top = report.top_pairs
+    m = len(report.losses)
+    tau = report.conflict_threshold
+    total = m * (m - 1) // 2
+    label = Column("pair", [Text(f"{inert(p.a)} ~ {inert(p.b)}") for p in top], justify="left")
+    groups: list[list[Column]] = [
+        [
+            Column("cos", [cos_text(p.cosine, p.conflict) for p in top]),
+            Column("angle", [_angle(p.angle_deg) for p in top]),
+        ]
+    ]
+    lines = []
+    if report.batch_stats is not None:
+        groups.append(
+            [
+                Column(
+                    "batch cos ± s.e.",
+                    [
+                        _mean_stderr(p.batch_cos_mean, p.batch_cos_stderr, bool(p.batch_conflict))
+                        for p in top
+                    ],
+                ),
+                Column(f"cos < {conflict_line(tau)}", [_batch_share(p) for p in top]),
+            ]
+        )
+        lines.append(
+            "batch cos: mean per-batch cosine ± its standard error; "
+            f"cos < {conflict_line(tau)}: batches below, of those where the cosine is defined"
+        )
+    conflicts = sum(report.conflict[i][j] for i in range(m) for j in range(i + 1, m))
+    lines.insert(
+        0,
+        f"{conflicts} of the {total} pairs {'conflicts' if conflicts == 1 else 'conflict'} "
+        f"(cos < {conflict_line(tau)}); "
+        "every pair: cosine in --json; --top K lists K",
+    )
+    title = f"Most conflicting pairs ({len(top)} of {total}, lowest cosine first)"
+    tables = blocks_of(console, title, [label], groups)
+    return Group(*tables, notes(console, *lines))
+
+
+def _batch_share(pair: TopPair) -> str:
+    """Return 'below/defined (percent)' of a pair's batches, '--' where none is defined."""
+    if not pair.batches_defined or pair.batches_below is None:
+        return EMPTY
+    share = pair.batches_below / pair.batches_defined
+    return f"{pair.batches_below}/{pair.batches_defined} ({share:.0%})"
+
+
+def _loss_groups_table(report: Report, console: Console) -> RenderableType:
+    """Return the loss-group table: per group its losses, summed value, |g_A| of the summed
+    gradient g_A = sum_{i in A} g_i, and its cosine with each group's; notes list the members
+    and the losses in no group."""
+    groups = report.loss_groups
+    assert groups is not None
+    labels = groups.names
+    q = len(labels)
+    keys = [
+        Column(
+            "group",
+            [Text(f"[{x}] {inert(n)}", style="bold") for x, n in enumerate(labels)],
+            justify="left",
+        ),
+        Column("losses", [str(len(groups.members[n])) for n in labels]),
+        Column("value", [fmt(groups.loss_values[n]) for n in labels]),
+        Column("|g_A|", [fmt(groups.norms[n]) for n in labels]),
+    ]
+    columns = [
+        [
+            Column(
+                f"cos [{y}]",
+                [cos_text(groups.cosine[x][y], groups.conflict[x][y]) for x in range(q)],
+            )
+        ]
+        for y in range(q)
+    ]
+    lines = [
+        "g_A = the sum of the gradients of group A's losses (the gradient of their summed "
+        "value); cos [k]: its cosine with group k's",
+        _threshold_note(report),
+    ]
+    for name in labels:
+        members = groups.members[name]
+        shown = ", ".join(inert(x) for x in members[:MAX_MEMBERS_LISTED])
+        if len(members) > MAX_MEMBERS_LISTED:
+            shown += f" and {len(members) - MAX_MEMBERS_LISTED} more"
+        lines.append(f"{inert(name)}: {shown}")
+    seen: set[str] = set()
+    shared = False
+    for name in labels:
+        shared = shared or not seen.isdisjoint(groups.members[name])
+        seen.update(groups.members[name])
+    if shared:
+        lines.append("groups share losses, so their rows overlap")
+    m = len(report.losses)
+    left = groups.ungrouped
+    if left:
+        shown = ", ".join(inert(x) for x in left[:MAX_MEMBERS_LISTED])
+        if len(left) > MAX_MEMBERS_LISTED:
+            shown += f" and {len(left) - MAX_MEMBERS_LISTED} more"
+        lines.append(f"in no group: {len(left)} of {m} losses ({shown})")
+    else:
+        lines.append(f"every one of the {m} losses is in a group")
+    tables = blocks_of(console, "Loss groups: the summed gradient of each group", keys, columns)
+    return Group(*tables, notes(console, *lines))
 
 
 def _angle(x: float | None) -> str:

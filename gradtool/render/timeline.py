@@ -33,20 +33,39 @@ from gradtool.render.common import (
     trend_style,
 )
 from gradtool.results.report import conflict_line
-from gradtool.results.timeline import LayerTimeline, NoiseTimeline, TimelineReport
+from gradtool.results.timeline import (
+    LayerTimeline,
+    LossTimeline,
+    NoiseTimeline,
+    PairTimeline,
+    TimelineReport,
+)
 
 BARS = "▁▂▃▄▅▆▇█"
+MANY_LOSSES = 8  # beyond this many losses, the pairs most in conflict replace the pair table
+MAX_WEIGHT_COLUMNS = 7  # beyond MANY_LOSSES losses, the MGDA table shows the heaviest losses
+MAX_MEMBERS_LISTED = 6  # the losses named per loss group under its table
 
 
-def render_timeline(report: TimelineReport, console: Console) -> None:
-    """Print the timeline's tables to `console`: header, pairs, norms, MGDA weights, layers,
-    gradient noise (DDP runs)."""
+def render_timeline(report: TimelineReport, console: Console, *, top: bool | None = None) -> None:
+    """Print the timeline's tables to `console`: header, pairs, norms, MGDA weights, loss groups,
+    layers, gradient noise (DDP runs).
+
+    The pairs most often in conflict (`report.top_pairs`) replace the table of every pair where
+    `top` is True, or, by default (None), beyond MANY_LOSSES losses.
+    """
     show(console, _header(report, console))
-    if report.pairs:
-        show(console, _pairs_table(report, console))
-    show(console, _norms_table(report, console))
+    m = len(report.losses)
+    ranked = (m > MANY_LOSSES if top is None else top) and bool(report.top_pairs)
+    if ranked:
+        show(console, _top_pairs_table(report, console))
+    elif report.pairs:
+        show(console, _pairs_table(report, report.pairs, console))
+    show(console, _norms_table(report, report.loss_trends, console))
     if report.mgda_rows and len(report.losses) >= 2:
         show(console, _mgda_table(report, console))
+    if report.loss_groups is not None:
+        show(console, _loss_groups_tables(report, console))
     layers = _layers_table(report, console)
     if layers is not None:
         show(console, layers)
@@ -99,11 +118,31 @@ def _header(report: TimelineReport, console: Console) -> Text:
         parts.append(f"{meta['sessions']} sessions (resumed)")
     extra = meta.get("metadata") or {}
     parts += [f"{inert(str(k))} {printable(str(v))}" for k, v in extra.items()]
+    smooth = report.series_ema
+    if smooth is not None:
+        parts.append(f"EMA {smooth.alpha:g} (half-life {smooth.half_life:.3g} records)")
     return header(console, "report", report.source, parts)
 
 
-def _pairs_table(report: TimelineReport, console: Console) -> RenderableType:
-    pairs = report.pairs
+def _ema_note(report: TimelineReport, what: str, then: str = "") -> list[str]:
+    """Return the note saying that `what` ('cosines', 'norms') are smoothed, then `then`; none
+    without an EMA."""
+    smooth = report.series_ema
+    if smooth is None:
+        return []
+    line = (
+        f"{what}: EMA {smooth.alpha:g} over the records (half-life {smooth.half_life:.3g} "
+        "records); raw series: --json"
+    )
+    return [f"{line}; {then}" if then else line]
+
+
+def _pairs_table(
+    report: TimelineReport,
+    pairs: Sequence[PairTimeline],
+    console: Console,
+    title: str = "Gradient cosine over training",
+) -> RenderableType:
     tau = report.conflict_threshold
     label = Column("pair", [Text(f"{inert(p.a)} ~ {inert(p.b)}") for p in pairs], justify="left")
     groups = [
@@ -126,11 +165,54 @@ def _pairs_table(report: TimelineReport, console: Console) -> RenderableType:
             )
         ],
     ]
-    tables = blocks_of(console, "Gradient cosine over training", [label], groups)
+    tables = blocks_of(console, title, [label], groups)
     note = notes(
         console,
         f"conflict: records with cos < {conflict_line(tau)}, of those where the cosine is defined; "
         "first: the first such step; !: a cosine below the threshold",
+        *_ema_note(report, "cosines", "conflicts judged on the smoothed cosine"),
+    )
+    return Group(*tables, note)
+
+
+def _top_pairs_table(report: TimelineReport, console: Console) -> RenderableType:
+    """Return the pairs most often in conflict (then of lowest mean cosine): the records in
+    conflict, the mean, lowest and last cosine, the trend."""
+    pairs = report.top_pairs
+    tau = report.conflict_threshold
+    total = len(report.pairs)
+    label = Column("pair", [Text(f"{inert(p.a)} ~ {inert(p.b)}") for p in pairs], justify="left")
+    groups = [
+        [
+            Column("conflict", [_share(p.conflict_records, p.defined_records) for p in pairs]),
+            Column("first", [_step(p.first_conflict_step) for p in pairs]),
+        ],
+        [
+            Column("mean", [cos_text(p.cos_mean, p.mean_conflict) for p in pairs]),
+            Column("min", [cos_text(p.cos_min, p.min_conflict) for p in pairs]),
+            Column("at", [Text(_step(p.step_min), style="dim") for p in pairs]),
+            Column("end", [cos_text(p.cos_end, p.end_conflict) for p in pairs]),
+        ],
+        [
+            Column(
+                "trend",
+                [sparkline(p.trend, conflict=p.trend_conflict) for p in pairs],
+                justify="left",
+            )
+        ],
+    ]
+    title = f"Pairs most often in conflict ({len(pairs)} of {total})"
+    tables = blocks_of(console, title, [label], groups)
+    in_conflict = sum(1 for p in report.pairs if p.conflict_records)
+    note = notes(
+        console,
+        f"{in_conflict} of the {total} pairs {'conflicts' if in_conflict == 1 else 'conflict'} "
+        "in some record; every pair: pairs in --json; "
+        "--top K lists K",
+        f"conflict: records with cos < {conflict_line(tau)}, of those where the cosine is defined; "
+        "first: the first such step; mean: the mean cosine over those records; ranked by "
+        "conflict, then by mean",
+        *_ema_note(report, "cosines", "conflicts judged on the smoothed cosine"),
     )
     return Group(*tables, note)
 
@@ -147,9 +229,14 @@ def _step(step: int | None) -> str:
     return EMPTY if step is None else str(step)
 
 
-def _norms_table(report: TimelineReport, console: Console) -> RenderableType:
-    trends = report.loss_trends
-    label = Column("loss", [name_text(t.name, "bold") for t in trends], justify="left")
+def _norms_table(
+    report: TimelineReport,
+    trends: Sequence[LossTimeline],
+    console: Console,
+    title: str = "Gradient norms over training",
+    what: str = "loss",
+) -> RenderableType:
+    label = Column(what, [name_text(t.name, "bold") for t in trends], justify="left")
     groups = [
         [
             Column(
@@ -171,17 +258,29 @@ def _norms_table(report: TimelineReport, console: Console) -> RenderableType:
         ],
         [Column("trend", [sparkline(t.trend, log=True) for t in trends], justify="left")],
     ]
-    tables = blocks_of(console, "Gradient norms over training", [label], groups)
+    tables = blocks_of(console, title, [label], groups)
     note = notes(
-        console, "value: the loss, first -> last record; ratio: |g| end / start; trend: log scale"
+        console,
+        "value: the loss, first -> last record; ratio: |g| end / start; trend: log scale",
+        *_ema_note(report, "norms"),
     )
     return Group(*tables, note)
 
 
 def _mgda_table(report: TimelineReport, console: Console) -> RenderableType:
+    """Return the MGDA weights at the sampled records, with their mean, min and max; beyond
+    MANY_LOSSES losses, of the MAX_WEIGHT_COLUMNS losses of largest mean weight only."""
     names = report.losses
     rows = report.mgda_rows
     by_name = {w.name: w for w in report.mgda}
+    lines = []
+    if len(names) > MANY_LOSSES:
+        heaviest = sorted(names, key=lambda n: -(by_name[n].mean or 0.0))[:MAX_WEIGHT_COLUMNS]
+        names = [n for n in names if n in heaviest]
+        lines.append(
+            f"the {len(names)} of {len(report.losses)} losses of largest mean weight; every "
+            "weight: mgda and series.mgda_weights in --json"
+        )
     steps = [str(row.step) for row in rows]
     summary = ["mean", "min", "max"]
     label = Column(
@@ -213,7 +312,46 @@ def _mgda_table(report: TimelineReport, console: Console) -> RenderableType:
     tables = blocks_of(
         console, "MGDA min-norm weights over training", [label], groups, section_after=len(rows) - 1
     )
-    return Group(*tables)
+    lines += _ema_note(report, "weights", "min-norm and stationary: each record's own")
+    return Group(*tables, notes(console, *lines)) if lines else Group(*tables)
+
+
+def _loss_groups_tables(report: TimelineReport, console: Console) -> RenderableType:
+    """Return the loss groups over training: the cosine between the groups' summed gradients
+    g_A = sum_{i in A} g_i (as the pairs table), their norms (as the norms table), and notes
+    naming each group's losses and the losses in no group."""
+    groups = report.loss_groups
+    assert groups is not None
+    parts: list[RenderableType] = []
+    if groups.pairs:
+        parts.append(
+            _pairs_table(
+                report, groups.pairs, console, "Loss groups: cosine of the summed gradients"
+            )
+        )
+    parts.append(
+        _norms_table(
+            report, groups.trends, console, "Loss groups: norm of the summed gradients", "group"
+        )
+    )
+    lines = ["g_A = the sum of the gradients of group A's losses; value: the sum of their values"]
+    for name in groups.names:
+        members = groups.members[name]
+        shown = ", ".join(inert(x) for x in members[:MAX_MEMBERS_LISTED])
+        if len(members) > MAX_MEMBERS_LISTED:
+            shown += f" and {len(members) - MAX_MEMBERS_LISTED} more"
+        lines.append(f"{inert(name)}: {shown}")
+    m = len(report.losses)
+    if groups.ungrouped:
+        left = groups.ungrouped
+        shown = ", ".join(inert(x) for x in left[:MAX_MEMBERS_LISTED])
+        if len(left) > MAX_MEMBERS_LISTED:
+            shown += f" and {len(left) - MAX_MEMBERS_LISTED} more"
+        lines.append(f"in no group: {len(left)} of {m} losses ({shown})")
+    else:
+        lines.append(f"every one of the {m} losses is in a group")
+    parts.append(notes(console, *lines))
+    return Group(*parts)
 
 
 def _weight(w: float | None) -> str:

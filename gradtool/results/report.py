@@ -94,6 +94,50 @@ class BatchStats:
 
 
 @dataclass
+class TopPair:
+    """One of the most conflicting pairs of losses (lowest whole-model cosine first).
+
+    `cosine`, `angle_deg`, `conflict` are the whole-model ones (`conflict`: cos < -threshold).
+    Over several batches (else None): the mean per-batch cosine and its standard error, whether
+    the pair conflicts over batches (mean + s.e. < -threshold), and the batches below the
+    threshold of those where the cosine is defined, with their share.
+    """
+
+    a: str
+    b: str
+    i: int
+    j: int
+    cosine: float | None
+    angle_deg: float | None
+    conflict: bool
+    batch_cos_mean: float | None = None
+    batch_cos_stderr: float | None = None
+    batch_conflict: bool | None = None
+    batches_defined: int | None = None
+    batches_below: int | None = None
+    batch_conflict_fraction: float | None = None  # batches_below / batches_defined
+
+
+@dataclass
+class LossGroupStats:
+    """The loss groups: for each group A (a set of losses), the summed gradient
+    g_A = sum_{i in A} g_i; `dot` G_AB = sum_{i in A, j in B} G_ij (q x q, in `names` order),
+    norms |g_A|, cosines G_AB / sqrt(G_AA G_BB), angles, conflict flags (cos < -threshold);
+    `loss_values` the sum of the members' values (the loss whose gradient g_A is). `members`
+    lists each group's losses; `ungrouped` the losses in no group."""
+
+    names: list[str]
+    members: dict[str, list[str]]
+    ungrouped: list[str]
+    loss_values: dict[str, float | None]
+    norms: dict[str, float | None]
+    dot: Matrix
+    cosine: Matrix
+    angle_deg: Matrix
+    conflict: Flags
+
+
+@dataclass
 class ParetoReport:
     """The min-norm (MGDA) result: weights, the combined direction's effect, stationarity.
 
@@ -171,6 +215,11 @@ class Report(Document):
     # no group was asked.
     groups: list[LayerStats] | None = None
     ungrouped: list[str] | None = None
+    # The most conflicting pairs (lowest cosine first), at most `top` of them (default 10).
+    top_pairs: list[TopPair] = field(default_factory=list)
+    # The loss groups asked for (name -> globs on the loss names): the Gramian of each group's
+    # summed gradient; absent (None) when no loss group was asked.
+    loss_groups: LossGroupStats | None = None
     batch_stats: BatchStats | None = None
     pareto: ParetoReport | None = None
     methods: list[MethodResult] | None = None
@@ -181,6 +230,7 @@ class Report(Document):
     _optional: ClassVar[tuple[str, ...]] = (
         "groups",
         "ungrouped",
+        "loss_groups",
         "batch_stats",
         "pareto",
         "methods",

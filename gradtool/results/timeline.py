@@ -11,6 +11,9 @@ McCandlish et al. 2018, "An Empirical Model of Large-Batch Training", appendix A
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,6 +45,8 @@ class PairTimeline:
     max_conflict: bool
     end_conflict: bool
     trend_conflict: list[bool]
+    cos_mean: float | None = None  # the mean of the defined cosines over the records
+    mean_conflict: bool = False  # cos_mean < -conflict_threshold
 
     @property
     def key(self) -> str:
@@ -154,6 +159,39 @@ class TimelineSeries:
 
 
 @dataclass
+class SmoothedSeries:
+    """The per-record series smoothed by an exponential moving average over the records:
+    s_0 = x_0, s_t = alpha x_t + (1 - alpha) s_{t-1}, so x_{t-k} weighs alpha (1 - alpha)^k and
+    the weight halves every `half_life` = ln 2 / -ln(1 - alpha) records. An undefined value
+    stays undefined (None) and leaves the average as it was."""
+
+    alpha: float
+    half_life: float
+    norms: dict[str, Series]
+    cosine: dict[str, Series]  # keyed 'a~b'
+    mgda_weights: dict[str, Series]
+
+
+@dataclass
+class LossGroupTimeline:
+    """The loss groups over the records: each group A's summed gradient g_A = sum_{i in A} g_i,
+    from each record's Gramian G as G_AB = sum_{i in A, j in B} G_ij. `pairs` and `trends` are
+    shaped like the losses' (a trend's value is the sum of the members' values); the series are
+    per record, `*_ema` their smoothed versions (None without an EMA)."""
+
+    names: list[str]
+    members: dict[str, list[str]]
+    ungrouped: list[str]  # losses in no group
+    pairs: list[PairTimeline]
+    trends: list[LossTimeline]
+    loss_values: dict[str, Series]
+    norms: dict[str, Series]
+    cosine: dict[str, Series]  # keyed 'A~B'
+    norms_ema: dict[str, Series] | None = None
+    cosine_ema: dict[str, Series] | None = None
+
+
+@dataclass
 class TimelineReport(Document):
     """What `gradtool report RUN.jsonl` found: tables over time, the series, a verdict."""
 
@@ -175,5 +213,77 @@ class TimelineReport(Document):
     warnings: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     noise: NoiseTimeline | None = None  # only for runs recorded under DDP (records with `local`)
+    # The pairs most often in conflict over the run (then of lowest mean cosine), at most `top`.
+    top_pairs: list[PairTimeline] = field(default_factory=list)
+    # The loss groups asked for (name -> globs on the loss names); absent when none was asked.
+    loss_groups: LossGroupTimeline | None = None
+    # With an EMA (alpha): `pairs`, `loss_trends`, `mgda`, `mgda_rows` weights, `top_pairs` and
+    # the loss groups' tables are of the smoothed series; `series` stays raw, `series_ema` holds
+    # the smoothed ones. The layers are always of the raw records.
+    ema: float | None = None
+    series_ema: SmoothedSeries | None = None
 
     _fixed: ClassVar[dict[str, Any]] = {"command": "report"}
+    _optional: ClassVar[tuple[str, ...]] = ("loss_groups", "series_ema")
+
+    def csv_columns(self) -> dict[str, Series]:
+        """Return the per-record series as CSV columns, name -> one value per record (None where
+        undefined), named as `flat_metrics` names a record's scalars: `loss/<a>`,
+        `grad_norm/<a>`, `grad_cos/<a>~<b>`, `mgda_weight/<a>`, `mgda_min_norm`; with loss
+        groups `group_loss/<A>`, `group_norm/<A>`, `group_cos/<A>~<B>`; with an EMA the
+        smoothed series again under `ema/` (`ema/grad_cos/<a>~<b>`, ...); last, per layer, the
+        lowest pairwise cosine there, `lowest_cos/<module>`."""
+        series = self.series
+        cols: dict[str, Series] = {}
+        for name, values in series.loss_values.items():
+            cols[f"loss/{name}"] = values
+        for name, values in series.norms.items():
+            cols[f"grad_norm/{name}"] = values
+        for key, values in series.cosine.items():
+            cols[f"grad_cos/{key}"] = values
+        for name, values in series.mgda_weights.items():
+            cols[f"mgda_weight/{name}"] = values
+        cols["mgda_min_norm"] = series.mgda_min_norm
+        groups = self.loss_groups
+        if groups is not None:
+            for name, values in groups.loss_values.items():
+                cols[f"group_loss/{name}"] = values
+            for name, values in groups.norms.items():
+                cols[f"group_norm/{name}"] = values
+            for key, values in groups.cosine.items():
+                cols[f"group_cos/{key}"] = values
+        smooth = self.series_ema
+        if smooth is not None:
+            for name, values in smooth.norms.items():
+                cols[f"ema/grad_norm/{name}"] = values
+            for key, values in smooth.cosine.items():
+                cols[f"ema/grad_cos/{key}"] = values
+            for name, values in smooth.mgda_weights.items():
+                cols[f"ema/mgda_weight/{name}"] = values
+            if groups is not None:
+                for name, values in (groups.norms_ema or {}).items():
+                    cols[f"ema/group_norm/{name}"] = values
+                for key, values in (groups.cosine_ema or {}).items():
+                    cols[f"ema/group_cos/{key}"] = values
+        for name, values in zip(series.layer_names, series.layer_lowest_cos, strict=True):
+            cols[f"lowest_cos/{name}"] = values
+        return cols
+
+    def to_csv(self) -> str:
+        """Return the per-record series as CSV text (RFC 4180 quoting, '\\n' line ends): a
+        header row, `step` then the `csv_columns`, and one row per record; a float is written
+        in its shortest exact form (`repr`), an undefined value as an empty cell."""
+        cols = self.csv_columns()
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["step", *cols])
+        for t, step in enumerate(self.series.steps):
+            writer.writerow([step, *(_cell(values[t]) for values in cols.values())])
+        return out.getvalue()
+
+
+def _cell(value: float | None) -> str:
+    """Return a CSV cell: the float's shortest exact form, '' where undefined or non-finite."""
+    if value is None or not math.isfinite(value):
+        return ""
+    return repr(float(value))
