@@ -21,6 +21,9 @@ to "backward" where the graph holds a reentrant checkpoint. On the CPU, with at 
 passes are compute-bound, vmap saves no arithmetic, its batched backward carries every loss
 through every head, and its first call imports sympy (~0.35 s); the loop was never slower in
 benchmarks/RESULTS.md. On accelerators "auto" tries "batched" first. The engine never prints.
+
+`compute_gramians(problem, group=...)` reduces the ranks' per-loss sums to the global Gramians
+(torchrun, DDP training): `gradtool.engine.distributed`.
 """
 
 from gradtool.engine.accumulator import GramianAccumulator
