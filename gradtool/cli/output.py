@@ -26,19 +26,38 @@ _WRITTEN: ContextVar[set[Path] | None] = ContextVar("gradtool_written", default=
 _TYPED: ContextVar[Mapping[Path, Path] | None] = ContextVar("gradtool_typed", default=None)
 
 
-def emit(report: Any, json_out: bool, output: Path | None, render: Callable[[], None]) -> None:
-    """Print `report`'s warnings (stderr), then its JSON or tables; write `output` atomically."""
+def emit(
+    report: Any,
+    json_out: bool,
+    output: Path | None,
+    render: Callable[[], None],
+    files: Mapping[Path, Callable[[], str]] | None = None,
+) -> None:
+    """Write `output` (and `files`: path -> text) atomically, then print `report`'s warnings
+    (stderr) and its JSON or tables.
+
+    The files come first, so a reader that closes stdout early (`| head`) loses none of them;
+    a closed stdout ends the printing quietly.
+    """
     err = stderr_console()
-    for warning in report.warnings:
-        err.print(f"[bold yellow]Warning:[/] {escape(printable(warning))}")
     text = report.to_json()
-    if json_out:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-    else:
-        render()
     if output is not None:
         write_text(output, text + "\n", note=not json_out)
+    for path, make in (files or {}).items():
+        write_text(path, make())
+    for warning in report.warnings:
+        err.print(f"[bold yellow]Warning:[/] {escape(printable(warning))}")
+    try:
+        if json_out:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        else:
+            render()
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader left: nothing more goes to stdout, and nothing is lost
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def secondary_rank() -> bool:

@@ -24,7 +24,6 @@ from gradtool.cli.output import (
     escape,
     shown,
     stderr_console,
-    write_text,
 )
 from gradtool.errors import UsageError
 
@@ -130,9 +129,8 @@ def report_command(
         json_out,
         output,
         lambda: render_timeline(timeline, make_console(), top=True if top is not None else None),
+        files={csv: timeline.to_csv} if csv is not None else None,
     )
-    if csv is not None:
-        write_text(csv, timeline.to_csv())
     if plot is not None:
         from gradtool.render.plots import plot_timeline
 

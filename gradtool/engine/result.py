@@ -41,8 +41,7 @@ _MESSAGES: dict[Fallback, str] = {
     "gradients to hooks",
     Fallback.STRUCTURED_CHECKPOINT: "the structured engine needs autograd.grad, which a "
     "reentrant checkpoint blocks",
-    Fallback.STRUCTURED_NONE: "no parameter the structured engine takes more cheaply than "
-    "its gradient ({why})",
+    Fallback.STRUCTURED_NONE: "the structured engine took no weight here ({why})",
     Fallback.STRUCTURED_UNAVAILABLE: "the structured engine needs gradients at autograd nodes "
     "(torch.autograd.graph.GradientEdge), which this torch lacks",
     Fallback.STRUCTURED_GRADIENTS: "this analysis steps along each loss's gradient, which the "

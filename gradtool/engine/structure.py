@@ -123,11 +123,14 @@ def _collect(
     uses: list[Use],
     depth: int,
 ) -> str | None:
-    """Append the uses reached from `node` up; return why the parameter is not covered, if so."""
+    """Append the uses reached from `node` up; return why the parameter is not covered, if so
+    (the first reason; every recognised use is still collected, for the layer class)."""
+    why: str | None = None
     for parent, slot in parents.get(node, []):
         name = type(parent).__name__
+        found: str | None = None
         if name in (_TRANSPOSE, _CAST) and depth < _MAX_CHAIN:
-            why = _collect(
+            found = _collect(
                 parent,
                 parents,
                 dim,
@@ -136,20 +139,18 @@ def _collect(
                 uses,
                 depth + 1,
             )
-            if why is not None:
-                return why
         elif name in _LINEAR_SLOT and slot == _LINEAR_SLOT[name] and dim == 2:
             uses.append(Use("linear", parent, transposed, cast))
         elif name == "EmbeddingBackward0" and slot == 0 and dim == 2 and not transposed:
             uses.append(Use("embedding", parent, False, cast))
         elif name == "ConvolutionBackward0" and slot == 1 and not transposed:
-            why = _conv_unsupported(parent, dim)
-            if why is not None:
-                return why
-            uses.append(Use("conv", parent, False, cast))
+            found = _conv_unsupported(parent, dim)
+            if found is None:
+                uses.append(Use("conv", parent, False, cast))
         else:
-            return f"also used by {name}"
-    return None
+            found = f"also used by {name}"
+        why = why or found
+    return why
 
 
 def _conv_unsupported(node: Any, dim: int) -> str | None:

@@ -177,6 +177,9 @@ class StructuredEngine:
                     s = shapes[0][1]
                     r = self.params[b].numel() // s
                     if ghost.ghost_cost(n, s, r, m) >= ghost.gradient_cost(n, s, r, m):
+                        self.uncovered.setdefault(
+                            self.names[b], f"its gradient costs less than its rows at {n} rows"
+                        )
                         continue
                 plan[b] = [shared_rows(u) for u in uses]
             except Exception as exc:  # a saved input freed or overwritten: the plain way
@@ -203,7 +206,10 @@ class StructuredEngine:
         reason: FallbackReason,
         reach: Reachability,
     ) -> None:
-        plain = "auto" if self.strategy == "structured" else self.strategy
+        # asked for explicitly: the plain way ("auto" would add its own CPU reason)
+        plain: Strategy = self.strategy
+        if plain == "structured":
+            plain = "backward" if reach.opaque else "loop"
         jac = batch_jacobian(
             losses,
             self.params,
@@ -348,7 +354,8 @@ class StructuredEngine:
         st.held.append(layer)
         st.gram = gram  # the final Gramian, if no other batch comes
         held = sum(r.numel_held() for r in st.held)
-        if len(st.held) > 1 and held > m * self.params[b].numel():
+        forced = self.strategy == "structured"  # asked for rows: they are kept whatever they cost
+        if len(st.held) > 1 and held > m * self.params[b].numel() and not forced:
             self._to_sums(b)  # the rows cost more than the gradients: sum them once
 
     def _to_sums(self, b: int) -> None:

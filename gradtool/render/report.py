@@ -88,6 +88,9 @@ def _header(report: Report, console: Console, verbose: bool) -> Text:
     meta = report.meta
     parts = problem_parts(len(report.losses), report.parameters, report.num_batches)
     parts.append(f"device {meta.get('device', 'cpu')}")
+    spread = meta.get("distributed")
+    if isinstance(spread, Mapping):
+        parts.append(f"{spread.get('world')} ranks ({spread.get('backend')})")
     parts += selection_parts(meta)
     text = header(console, report.command, str(meta.get("gradfile", "")), parts)
     if verbose:
@@ -104,20 +107,24 @@ def structured_lines(meta: Mapping[str, Any]) -> list[str]:
     info = meta.get("structured")
     if not isinstance(info, Mapping):
         return []
-    parts = []
+    parts, others = [], 0
     for kind, counts in info.get("paths", {}).items():
         rows, grads = counts.get("structured", 0), counts.get("gradient", 0)
-        parts.append(f"{kind} {rows} of {rows + grads}")
-    lines = ["Gramians from layer rows (no gradient formed): " + ", ".join(parts)]
+        if kind == "other":
+            others = rows + grads
+        else:
+            parts.append(f"{kind} {rows} of {rows + grads}")
+    lines = [
+        "Gramians from layer rows (no gradient formed), weights of: "
+        + (", ".join(parts) or "no linear, convolution or embedding layer")
+        + (f"; {others} other parameter tensors (biases, norms, ...) by their gradients")
+    ]
     missed = info.get("not_covered") or {}
     if missed:
-        shown = [f"{inert(name)} ({why})" for name, why in list(missed.items())[:3]]
+        shown = [f"{inert(name)} ({why})" for name, why in list(missed.items())[:4]]
         more = len(missed) - len(shown)
-        lines.append(
-            "not covered, gradients formed: "
-            + "; ".join(shown)
-            + (f"; and {more} more" if more else "")
-        )
+        tail = f"; and {more} more" if more else ""
+        lines.append("weights by their gradients: " + "; ".join(shown) + tail)
     return lines
 
 
@@ -140,6 +147,13 @@ def _losses_table(report: Report) -> RenderableType:
             Column("unused params", [f"{u}/{count}" if u else EMPTY for u in unused]),
         ]
     )
+    if any(g.max_abs is None and not g.nonfinite for g in grads):
+        note = Text(
+            "max |g_k|: not formed where Gramians come from layer rows (the structured engine); "
+            "--strategy loop forms it",
+            style="dim",
+        )
+        return Group(titled("Losses", table), note)
     return titled("Losses", table)
 
 

@@ -49,7 +49,9 @@ def test_inspect_json_states_the_paths_and_matches_the_loop(
     assert paths["embedding"] == {"structured": 1, "gradient": 0}
     assert paths["linear"]["structured"] >= 1
     assert got["meta"]["structured"]["not_covered"] == {
-        "trunk.2.weight": "also used by PowBackward0"
+        "trunk.2.weight": "also used by PowBackward0",
+        "a.weight": "its gradient costs less than its rows at 8 rows",  # the cost model's choice
+        "b.weight": "its gradient costs less than its rows at 8 rows",
     }
     assert got["gradients"]["cls"]["max_abs"] is None  # entries never formed
     assert ref["gradients"]["cls"]["max_abs"] > 0
@@ -61,11 +63,14 @@ def test_inspect_json_states_the_paths_and_matches_the_loop(
 def test_verbose_table_words_the_paths_and_hides_the_unknown_maximum(
     runner: CliRunner, write_gradfile
 ) -> None:
-    out = invoke(runner, "inspect", write_gradfile(WIDE), "-v").stdout
+    out = " ".join(invoke(runner, "inspect", write_gradfile(WIDE), "-v").stdout.split())
     assert "strategy structured" in out
-    assert "Gramians from layer rows (no gradient formed): embedding 1 of 1" in out
-    assert "not covered, gradients formed: trunk.2.weight (also used by PowBackward0)" in out
-    assert "max |g_k|" not in out
+    assert "Gramians from layer rows (no gradient formed), weights of: embedding 1 of 1" in out
+    assert "weights by their gradients: " in out
+    assert "trunk.2.weight (also used by PowBackward0)" in out
+    assert "a.weight (its gradient costs less than its rows at 8 rows)" in out
+    assert "max |g_k|: not formed where Gramians come from layer rows" in out
+    assert " max |g_k| " not in out  # no column
     plain = invoke(runner, "inspect", write_gradfile(WIDE), "--strategy", "loop").stdout
     assert "max |g_k|" in plain
 

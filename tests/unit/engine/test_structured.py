@@ -248,7 +248,23 @@ def test_several_batches_hold_rows_then_sum_them() -> None:
     def losses(m: Trunk, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return heads(m, m.features(x))
 
-    check(trunk(d=30), losses, batches)
+    converted = check(trunk(d=30), losses, batches, strategy="auto")
+    assert converted.paths["linear"] == {"structured": 0, "gradient": 4}  # summed past batch 2
+    forced = check(trunk(d=30), losses, batches)  # asked for rows: kept in every batch
+    assert forced.paths["linear"] == {"structured": 4, "gradient": 0}
+    assert not forced.fallbacks
+
+
+def test_forced_structured_without_a_covered_weight_says_so_without_auto() -> None:
+    def losses(m: Trunk) -> dict[str, torch.Tensor]:
+        out = heads(m, m.features(X))
+        decay = sum(p.pow(2).sum() for p in m.parameters() if p.dim() == 2)
+        return {k: v + 1e-3 * decay for k, v in out.items()}
+
+    got = check(trunk(), losses)
+    assert got.strategy == "loop"
+    assert got.fallback_reason.startswith("the structured engine took no weight here")
+    assert "auto" not in got.fallback_reason
 
 
 def test_unused_head_and_loss_reaching_no_structured_layer() -> None:
