@@ -156,3 +156,19 @@ def test_the_monitor_records_what_the_loop_records(tmp_path) -> None:
         torch.testing.assert_close(
             torch.tensor(a["dot"]), torch.tensor(b["dot"]), rtol=1e-5, atol=1e-9
         )
+
+
+def test_a_reader_that_closes_stdout_early_loses_no_written_file(tmp_path) -> None:
+    """`gradtool inspect FILE -o doc.json | head -1`: the document is written before printing."""
+    out = tmp_path / "doc.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradtool", "inspect", "samples/multitask.py", "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does
+    proc.wait(timeout=120)
+    assert json.loads(out.read_text())["command"] == "inspect"
