@@ -15,9 +15,8 @@ _w = torch.randn(6, 20)
 
 def batches():
     g = torch.Generator().manual_seed(1)
-    for _ in range(4):
-        x = torch.randn(64, 6, generator=g)
-        yield x, torch.tanh(x @ _w)
+    xs = [torch.randn(64, 6, generator=g) for _ in range(4)]
+    return [(x, torch.tanh(x @ _w)) for x in xs]
 
 
 NAMES = (
