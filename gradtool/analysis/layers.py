@@ -76,29 +76,35 @@ def layers_of(result: EngineResult, depth: int | None) -> list[Layer]:
     ]
 
 
-def check_groups(groups: GroupsArg | None) -> dict[str, tuple[str, ...]] | None:
+def check_groups(
+    groups: GroupsArg | None,
+    *,
+    option: str = "groups",
+    subject: str = "globs",
+    hint: str = "e.g. {'attention': '*.attn.*', 'mlp': ['*.mlp.*', '*.ffn.*']}",
+) -> dict[str, tuple[str, ...]] | None:
     """Return `groups` as {name: (glob, ...)} after checking its form (None when no group).
 
     Each name is a non-empty string, each glob a non-empty string; a glob given twice for one
     group is refused (it adds nothing: most likely another glob was meant). Whether each glob
-    matches a parameter is checked against the parameters (`group_by_globs`).
+    matches is checked against the names (`group_by_globs`, `group_losses`). `option` names the
+    argument in errors (parameter groups, or `loss_groups`), `subject` what the globs match.
     """
     if groups is None:
         return None
-    hint = "e.g. {'attention': '*.attn.*', 'mlp': ['*.mlp.*', '*.ffn.*']}"
     if not isinstance(groups, Mapping):
         raise UsageError(
-            f"{opt('groups')} should map group names to globs; found {type(groups).__name__}",
+            f"{opt(option)} should map group names to {subject}; found {type(groups).__name__}",
             hint=hint,
-            option="groups",
+            option=option,
         )
     out: dict[str, tuple[str, ...]] = {}
     for name, value in groups.items():
         if not isinstance(name, str) or not name:
             raise UsageError(
-                f"{opt('groups')}: a group name should be a non-empty string; found {name!r}",
+                f"{opt(option)}: a group name should be a non-empty string; found {name!r}",
                 hint=hint,
-                option="groups",
+                option=option,
             )
         globs = (value,) if isinstance(value, str) else value
         try:
@@ -106,23 +112,21 @@ def check_groups(groups: GroupsArg | None) -> dict[str, tuple[str, ...]] | None:
         except TypeError:
             globs = (value,)  # not iterable: refused below as not a string
         if not globs:
-            raise UsageError(
-                f"{opt('groups')}: group {name!r} has no glob", hint=hint, option="groups"
-            )
+            raise UsageError(f"{opt(option)}: group {name!r} has no glob", hint=hint, option=option)
         for glob in globs:
             if not isinstance(glob, str) or not glob:
                 raise UsageError(
-                    f"{opt('groups')}: group {name!r} should hold non-empty glob strings; "
+                    f"{opt(option)}: group {name!r} should hold non-empty glob strings; "
                     f"found {glob!r}",
                     hint=hint,
-                    option="groups",
+                    option=option,
                 )
         repeated = [g for k, g in enumerate(globs) if g in globs[:k]]
         if repeated:
             raise UsageError(
-                f"{opt('groups')}: group {name!r} holds the glob {repeated[0]!r} twice",
+                f"{opt(option)}: group {name!r} holds the glob {repeated[0]!r} twice",
                 hint="a glob given twice adds nothing: give each glob of a group once",
-                option="groups",
+                option=option,
             )
         out[name] = globs
     return out or None

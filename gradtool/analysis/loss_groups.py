@@ -12,6 +12,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from gradtool.analysis.layers import check_groups
 from gradtool.errors import UsageError, opt
 from gradtool.problem import closest_patterns
 
@@ -31,56 +32,9 @@ class LossGroup:
 
 
 def check_loss_groups(groups: LossGroupsArg | None) -> dict[str, tuple[str, ...]] | None:
-    """Return `groups` as {name: (glob, ...)} after checking its form (None when no group).
-
-    Each name and each glob is a non-empty string; a glob given twice for one group is refused.
-    Whether each glob matches a loss is checked against the loss names (`group_losses`).
-    """
-    if groups is None:
-        return None
-    if not isinstance(groups, Mapping):
-        raise UsageError(
-            f"{opt('loss_groups')} should map group names to globs on the loss names; found "
-            f"{type(groups).__name__}",
-            hint=_HINT,
-            option="loss_groups",
-        )
-    out: dict[str, tuple[str, ...]] = {}
-    for name, value in groups.items():
-        if not isinstance(name, str) or not name:
-            raise UsageError(
-                f"{opt('loss_groups')}: a group name should be a non-empty string; found {name!r}",
-                hint=_HINT,
-                option="loss_groups",
-            )
-        globs = (value,) if isinstance(value, str) else value
-        try:
-            globs = tuple(globs)
-        except TypeError:
-            globs = (value,)  # not iterable: refused below as not a string
-        if not globs:
-            raise UsageError(
-                f"{opt('loss_groups')}: group {name!r} has no glob",
-                hint=_HINT,
-                option="loss_groups",
-            )
-        for glob in globs:
-            if not isinstance(glob, str) or not glob:
-                raise UsageError(
-                    f"{opt('loss_groups')}: group {name!r} should hold non-empty glob strings; "
-                    f"found {glob!r}",
-                    hint=_HINT,
-                    option="loss_groups",
-                )
-        repeated = [g for k, g in enumerate(globs) if g in globs[:k]]
-        if repeated:
-            raise UsageError(
-                f"{opt('loss_groups')}: group {name!r} holds the glob {repeated[0]!r} twice",
-                hint="a glob given twice adds nothing: give each glob of a group once",
-                option="loss_groups",
-            )
-        out[name] = globs
-    return out or None
+    """Return `groups` as {name: (glob, ...)} after checking its form (None when no group), as
+    parameter groups are checked; whether each glob matches a loss is `group_losses`'s check."""
+    return check_groups(groups, option="loss_groups", subject="globs on the loss names", hint=_HINT)
 
 
 def group_losses(loss_names: Sequence[str], groups: Mapping[str, Sequence[str]]) -> list[LossGroup]:
