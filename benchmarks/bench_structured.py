@@ -53,7 +53,7 @@ from _common import (
     table,
     write_section,
 )
-from bench_engine import _reset_hwm, _sync, autojac, hand_loop
+from bench_engine import _ratio, _reset_hwm, _sync, autojac, hand_loop
 
 from gradtool.engine import compute_gramians
 from gradtool.problem import Problem
@@ -195,10 +195,6 @@ def peak(model: str, batch: int | None, m: int, name: str, args: argparse.Namesp
 
 def _mib(n: int | None) -> str:
     return "--" if n is None else f"{n / 2**20:.0f}"
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    return "--" if a is None or not b else f"{a / b:.2f}x"
 
 
 def main() -> None:

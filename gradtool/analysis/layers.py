@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -62,18 +63,20 @@ class Layer:
     gramian: torch.Tensor
 
 
+def _layer(result: EngineResult, group: Any) -> Layer:
+    """Return the Layer of a group of parameter blocks: its numel and G = sum_b G_b."""
+    return Layer(
+        name=group.name,
+        indices=list(group.indices),
+        numel=sum(result.param_numels[b] for b in group.indices),
+        gramian=result.gramians[list(group.indices)].sum(dim=0),
+    )
+
+
 def layers_of(result: EngineResult, depth: int | None) -> list[Layer]:
     """Return the layers of `result` grouped by module path cut to `depth` (see
     `group_by_module`), each with its numel and Gramian."""
-    return [
-        Layer(
-            name=group.name,
-            indices=list(group.indices),
-            numel=sum(result.param_numels[b] for b in group.indices),
-            gramian=result.gramians[list(group.indices)].sum(dim=0),
-        )
-        for group in group_by_module(result.param_names, depth)
-    ]
+    return [_layer(result, group) for group in group_by_module(result.param_names, depth)]
 
 
 def check_groups(
@@ -183,15 +186,8 @@ def groups_of(
     each with its numel and Gramian G_group = sum over its blocks b of G_b: the Gramian of the
     per-loss gradients restricted to (concatenated over) the group's parameters."""
     checked = check_groups(groups) or {}
-    return [
-        Layer(
-            name=group.name,
-            indices=list(group.indices),
-            numel=sum(result.param_numels[b] for b in group.indices),
-            gramian=result.gramians[list(group.indices)].sum(dim=0),
-        )
-        for group in group_by_globs(result.param_names, checked, aliases=aliases)
-    ]
+    found = group_by_globs(result.param_names, checked, aliases=aliases)
+    return [_layer(result, group) for group in found]
 
 
 def ungrouped(param_names: Sequence[str], groups: Sequence[Layer]) -> list[str]:

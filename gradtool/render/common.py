@@ -12,7 +12,7 @@ Layout rules, for every command's output:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -355,3 +355,25 @@ def print_verdict(console: Console, verdict: Sequence[str]) -> None:
     for line in verdict:
         grid.add_row(Text("»", style="bold"), Text(printable(line)))
     show(console, grid)
+
+
+MAX_MEMBERS_LISTED = 6  # the losses named per loss group under its table
+
+
+def membership_lines(
+    members: Mapping[str, Sequence[str]], ungrouped: Sequence[str], total: int
+) -> list[str]:
+    """Return the notes under a loss-group table: each group's losses (the first few, then a
+    count), and the losses in no group."""
+
+    def listed(names: Sequence[str]) -> str:
+        shown = ", ".join(inert(x) for x in names[:MAX_MEMBERS_LISTED])
+        more = len(names) - MAX_MEMBERS_LISTED
+        return shown + (f" and {more} more" if more > 0 else "")
+
+    lines = [f"{inert(name)}: {listed(names)}" for name, names in members.items()]
+    if ungrouped:
+        lines.append(f"in no group: {len(ungrouped)} of {total} losses ({listed(ungrouped)})")
+    else:
+        lines.append(f"every one of the {total} losses is in a group")
+    return lines

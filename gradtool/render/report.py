@@ -25,6 +25,7 @@ from gradtool.render.common import (
     header,
     inert,
     legend,
+    membership_lines,
     name_text,
     notes,
     pack,
@@ -44,7 +45,6 @@ MAX_NAMED_HEADERS = 4  # up to this many losses, the cosine grid's headers carry
 MAX_LABEL_SHARE = 3  # row labels may take up to 1/3 of the width before they become indices
 MANY_LOSSES = 8  # beyond this many losses, the most conflicting pairs replace the pair table
 MAX_GRID_LOSSES = 12  # beyond this many losses, the m x m cosine grid is left to --json / --plot
-MAX_MEMBERS_LISTED = 6  # the losses named per loss group under its table
 
 
 def render_report(
@@ -343,12 +343,9 @@ def _loss_groups_table(report: Report, console: Console) -> RenderableType:
         "value); cos [k]: its cosine with group k's",
         _threshold_note(report),
     ]
-    for name in labels:
-        members = groups.members[name]
-        shown = ", ".join(inert(x) for x in members[:MAX_MEMBERS_LISTED])
-        if len(members) > MAX_MEMBERS_LISTED:
-            shown += f" and {len(members) - MAX_MEMBERS_LISTED} more"
-        lines.append(f"{inert(name)}: {shown}")
+    members = {name: groups.members[name] for name in labels}
+    *listed, last = membership_lines(members, groups.ungrouped, len(report.losses))
+    lines += listed
     seen: set[str] = set()
     shared = False
     for name in labels:
@@ -356,15 +353,7 @@ def _loss_groups_table(report: Report, console: Console) -> RenderableType:
         seen.update(groups.members[name])
     if shared:
         lines.append("groups share losses, so their rows overlap")
-    m = len(report.losses)
-    left = groups.ungrouped
-    if left:
-        shown = ", ".join(inert(x) for x in left[:MAX_MEMBERS_LISTED])
-        if len(left) > MAX_MEMBERS_LISTED:
-            shown += f" and {len(left) - MAX_MEMBERS_LISTED} more"
-        lines.append(f"in no group: {len(left)} of {m} losses ({shown})")
-    else:
-        lines.append(f"every one of the {m} losses is in a group")
+    lines.append(last)
     tables = blocks_of(console, "Loss groups: the summed gradient of each group", keys, columns)
     return Group(*tables, notes(console, *lines))
 

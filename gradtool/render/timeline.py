@@ -25,6 +25,7 @@ from gradtool.render.common import (
     fmt,
     header,
     inert,
+    membership_lines,
     name_text,
     notes,
     print_verdict,
@@ -44,7 +45,6 @@ from gradtool.results.timeline import (
 BARS = "▁▂▃▄▅▆▇█"
 MANY_LOSSES = 8  # beyond this many losses, the pairs most in conflict replace the pair table
 MAX_WEIGHT_COLUMNS = 7  # beyond MANY_LOSSES losses, the MGDA table shows the heaviest losses
-MAX_MEMBERS_LISTED = 6  # the losses named per loss group under its table
 
 
 def render_timeline(report: TimelineReport, console: Console, *, top: bool | None = None) -> None:
@@ -335,21 +335,8 @@ def _loss_groups_tables(report: TimelineReport, console: Console) -> RenderableT
         )
     )
     lines = ["g_A = the sum of the gradients of group A's losses; value: the sum of their values"]
-    for name in groups.names:
-        members = groups.members[name]
-        shown = ", ".join(inert(x) for x in members[:MAX_MEMBERS_LISTED])
-        if len(members) > MAX_MEMBERS_LISTED:
-            shown += f" and {len(members) - MAX_MEMBERS_LISTED} more"
-        lines.append(f"{inert(name)}: {shown}")
-    m = len(report.losses)
-    if groups.ungrouped:
-        left = groups.ungrouped
-        shown = ", ".join(inert(x) for x in left[:MAX_MEMBERS_LISTED])
-        if len(left) > MAX_MEMBERS_LISTED:
-            shown += f" and {len(left) - MAX_MEMBERS_LISTED} more"
-        lines.append(f"in no group: {len(left)} of {m} losses ({shown})")
-    else:
-        lines.append(f"every one of the {m} losses is in a group")
+    members = {name: groups.members[name] for name in groups.names}
+    lines += membership_lines(members, groups.ungrouped, len(report.losses))
     parts.append(notes(console, *lines))
     return Group(*parts)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -235,36 +236,29 @@ class TimelineReport(Document):
         lowest pairwise cosine there, `lowest_cos/<module>`."""
         series = self.series
         cols: dict[str, Series] = {}
-        for name, values in series.loss_values.items():
-            cols[f"loss/{name}"] = values
-        for name, values in series.norms.items():
-            cols[f"grad_norm/{name}"] = values
-        for key, values in series.cosine.items():
-            cols[f"grad_cos/{key}"] = values
-        for name, values in series.mgda_weights.items():
-            cols[f"mgda_weight/{name}"] = values
+
+        def add(prefix: str, columns: Mapping[str, Series] | None) -> None:
+            for key, values in (columns or {}).items():
+                cols[f"{prefix}/{key}"] = values
+
+        add("loss", series.loss_values)
+        add("grad_norm", series.norms)
+        add("grad_cos", series.cosine)
+        add("mgda_weight", series.mgda_weights)
         cols["mgda_min_norm"] = series.mgda_min_norm
         groups = self.loss_groups
         if groups is not None:
-            for name, values in groups.loss_values.items():
-                cols[f"group_loss/{name}"] = values
-            for name, values in groups.norms.items():
-                cols[f"group_norm/{name}"] = values
-            for key, values in groups.cosine.items():
-                cols[f"group_cos/{key}"] = values
+            add("group_loss", groups.loss_values)
+            add("group_norm", groups.norms)
+            add("group_cos", groups.cosine)
         smooth = self.series_ema
         if smooth is not None:
-            for name, values in smooth.norms.items():
-                cols[f"ema/grad_norm/{name}"] = values
-            for key, values in smooth.cosine.items():
-                cols[f"ema/grad_cos/{key}"] = values
-            for name, values in smooth.mgda_weights.items():
-                cols[f"ema/mgda_weight/{name}"] = values
+            add("ema/grad_norm", smooth.norms)
+            add("ema/grad_cos", smooth.cosine)
+            add("ema/mgda_weight", smooth.mgda_weights)
             if groups is not None:
-                for name, values in (groups.norms_ema or {}).items():
-                    cols[f"ema/group_norm/{name}"] = values
-                for key, values in (groups.cosine_ema or {}).items():
-                    cols[f"ema/group_cos/{key}"] = values
+                add("ema/group_norm", groups.norms_ema)
+                add("ema/group_cos", groups.cosine_ema)
         for name, values in zip(series.layer_names, series.layer_lowest_cos, strict=True):
             cols[f"lowest_cos/{name}"] = values
         return cols
