@@ -201,7 +201,9 @@ def test_a_rank_without_a_batch_takes_part_with_zeros(write_gradfile) -> None:
 
 def test_monitor_outcomes_under_ddp(tmp_path: Path) -> None:
     """A Monitor on rank 0 alone fails at its first step with the reason instead of waiting in a
-    collective; a NaN loss on one rank skips that step on every rank; static_graph is refused."""
+    collective; a NaN loss on one rank skips that step on every rank (static_graph: a unit test,
+    tests/unit/monitoring/test_monitor_static_graph.py: DDP's static-graph teardown aborts now
+    and then under gloo on the CPU, whatever the Monitor does)."""
     env_timeout = os.environ.get("GRADTOOL_DIST_TIMEOUT")
     os.environ["GRADTOOL_DIST_TIMEOUT"] = "5"
     try:
@@ -221,7 +223,3 @@ def test_monitor_outcomes_under_ddp(tmp_path: Path) -> None:
         records = json.loads((tmp_path / f"records-nonfinite-{rank}.json").read_text())
         assert [r is None for r in records] == [False, True, False]
     assert len(gradtool.read_run(tmp_path / "run-nonfinite.jsonl").records) == 2
-
-    proc = torchrun(TRAIN, tmp_path, "static")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "static_graph=True" in (tmp_path / "error-static-0.txt").read_text()
